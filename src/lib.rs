@@ -1,0 +1,19 @@
+//! oci-tpm-hook: give OCI containers verified access to the host's TPM 2.0.
+//!
+//! One request parser, one policy, one grant; several front-ends
+//! (createRuntime hook, docker runtime wrapper, containerd NRI plugin) turn
+//! a [`grant::Grant`] into whatever their runtime understands.
+
+pub mod cgroup;
+pub mod container;
+pub mod grant;
+pub mod hook;
+pub mod host;
+pub mod log;
+pub mod nri;
+pub mod policy;
+pub mod request;
+pub mod runtime_shim;
+pub mod spec_edit;
+pub mod state;
+pub mod tpm;
