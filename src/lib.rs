@@ -10,6 +10,7 @@ pub mod grant;
 pub mod hook;
 pub mod host;
 pub mod log;
+pub mod node;
 pub mod nri;
 pub mod policy;
 pub mod request;
