@@ -11,6 +11,7 @@
 //! [`SelfTestLevel`] lives here because it is also the vocabulary of the
 //! `oci-tpm-hook/self-test` annotation and of the policy file.
 
+pub mod proto;
 pub mod response_code;
 
 use std::fmt;
