@@ -13,6 +13,7 @@
 
 pub mod proto;
 pub mod response_code;
+pub mod transport;
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use response_code::{RcKind, ResponseCode};
+pub use transport::{DeviceTransport, SocketTransport, Transport, TransportError};
 
 /// How much to prove about a TPM before a container may use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
