@@ -13,7 +13,11 @@
 
 pub mod proto;
 pub mod response_code;
+pub mod selftest;
 pub mod transport;
+
+#[cfg(test)]
+mod scripted_transport;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +25,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use response_code::{RcKind, ResponseCode};
+pub use selftest::{run as run_self_test, SelfTestError, SelfTestReport, SelfTestStep};
 pub use transport::{DeviceTransport, SocketTransport, Transport, TransportError};
 
 /// How much to prove about a TPM before a container may use it.
