@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::PollFlags;
 
-use super::{time_left, Transport, TransportError};
+use super::{time_left, wait_until_ready, with_allowed_time, Transport, TransportError};
 use crate::tpm::proto::{MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
 
 #[derive(Debug)]
@@ -86,36 +86,17 @@ impl DeviceTransport {
 
     /// Waits for the response until `deadline`, then reads it in one go.
     fn read_response(&self, deadline: Instant) -> Result<Vec<u8>, TransportError> {
+        const WAITING: &str = "waiting for the TPM's response";
         let mut buffer = vec![0u8; MAX_RESPONSE_SIZE];
         loop {
-            let Some(left) = time_left(deadline) else {
-                return Err(TransportError::Timeout {
-                    allowed: Default::default(),
-                });
-            };
-            // Round up so a sub-millisecond remainder still waits instead of
-            // spinning with a zero timeout.
-            let millis = left.as_micros().div_ceil(1000);
-            let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(0) | Err(Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(errno) => {
-                    return Err(TransportError::Io {
-                        op: "waiting for the TPM's response",
-                        source: errno.into(),
-                    })
-                }
-            }
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            let revents = wait_until_ready(self.fd.as_fd(), PollFlags::POLLIN, deadline, WAITING)?;
             if !revents.contains(PollFlags::POLLIN) {
                 if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
                     return Err(TransportError::Gone);
                 }
                 if revents.contains(PollFlags::POLLNVAL) {
                     return Err(TransportError::Io {
-                        op: "waiting for the TPM's response",
+                        op: WAITING,
                         source: io::Error::from_raw_os_error(libc::EBADF),
                     });
                 }
@@ -149,12 +130,7 @@ impl Transport for DeviceTransport {
             });
         }
         self.write_command(command)?;
-        self.read_response(deadline).map_err(|err| match err {
-            TransportError::Timeout { .. } => TransportError::Timeout {
-                allowed: deadline.saturating_duration_since(started),
-            },
-            other => other,
-        })
+        with_allowed_time(self.read_response(deadline), started, deadline)
     }
 }
 

@@ -129,9 +129,12 @@ impl fmt::Display for TransportError {
                 "TPM went away (EPIPE): the chip, its driver or the emulator \
                  is gone; check the host's dmesg",
             ),
-            Self::Timeout { allowed } => {
-                write!(f, "no response within {} ms", allowed.as_millis())
-            }
+            // Rounded up: a deadline 299.6 ms away reads as "300 ms".
+            Self::Timeout { allowed } => write!(
+                f,
+                "no response within {} ms",
+                allowed.as_micros().div_ceil(1000)
+            ),
             Self::ShortWrite { written, len } => write!(
                 f,
                 "the TPM driver took only {written} of the command's {len} bytes"

@@ -2,14 +2,18 @@
 //!
 //! A stream carries no message boundaries, so the response is framed by its
 //! own header: read the 10-byte header, then the rest of the size it
-//! announces. Every read and write is bounded by the deadline.
+//! announces. The socket is non-blocking and every read and write waits in
+//! `poll()` for at most the time left before the deadline.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{time_left, Transport, TransportError};
+use nix::poll::PollFlags;
+
+use super::{wait_until_ready, with_allowed_time, Transport, TransportError};
 use crate::tpm::proto::{HEADER_SIZE, MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
 
 #[derive(Debug)]
@@ -23,33 +27,41 @@ impl SocketTransport {
             path: path.to_owned(),
             source,
         })?;
+        Self::from_stream(stream)
+    }
+
+    /// Uses a connected stream; it is switched to non-blocking mode.
+    pub fn from_stream(stream: UnixStream) -> Result<Self, TransportError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|source| TransportError::Io {
+                op: "making the TPM socket non-blocking",
+                source,
+            })?;
         Ok(Self { stream })
     }
 
-    pub fn from_stream(stream: UnixStream) -> Self {
-        Self { stream }
+    fn wait(&self, events: PollFlags, deadline: Instant) -> Result<(), TransportError> {
+        // Whatever woke us (data, hang-up, error), the next read or write
+        // reports it.
+        wait_until_ready(
+            self.stream.as_fd(),
+            events,
+            deadline,
+            "waiting for the TPM socket",
+        )
+        .map(drop)
     }
 
     fn write_all(&mut self, mut command: &[u8], deadline: Instant) -> Result<(), TransportError> {
         let len = command.len();
         while !command.is_empty() {
-            let left = time_left(deadline).ok_or(TransportError::Timeout {
-                allowed: Default::default(),
-            })?;
-            self.stream
-                .set_write_timeout(Some(left))
-                .map_err(|source| TransportError::Io {
-                    op: "setting the socket's write timeout",
-                    source,
-                })?;
             match self.stream.write(command) {
                 Ok(0) => return Err(TransportError::Gone),
                 Ok(n) => command = command.get(n..).unwrap_or_default(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => {
-                    return Err(TransportError::Timeout {
-                        allowed: Default::default(),
-                    })
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(PollFlags::POLLOUT, deadline)?
                 }
                 Err(e) => return Err(TransportError::from_write(e, len)),
             }
@@ -57,8 +69,8 @@ impl SocketTransport {
         Ok(())
     }
 
-    /// Fills `buffer` completely, or fails. `received` counts bytes of this
-    /// response read before, for the error message.
+    /// Fills `buffer` completely, or fails. `received` counts the bytes of
+    /// this response read before, for the error message.
     fn read_exact(
         &mut self,
         buffer: &mut [u8],
@@ -66,19 +78,7 @@ impl SocketTransport {
         deadline: Instant,
     ) -> Result<(), TransportError> {
         let mut filled = 0;
-        while filled < buffer.len() {
-            let left = time_left(deadline).ok_or(TransportError::Timeout {
-                allowed: Default::default(),
-            })?;
-            self.stream
-                .set_read_timeout(Some(left))
-                .map_err(|source| TransportError::Io {
-                    op: "setting the socket's read timeout",
-                    source,
-                })?;
-            let Some(rest) = buffer.get_mut(filled..) else {
-                break;
-            };
+        while let Some(rest) = buffer.get_mut(filled..).filter(|rest| !rest.is_empty()) {
             match self.stream.read(rest) {
                 Ok(0) => {
                     return Err(TransportError::Closed {
@@ -87,10 +87,8 @@ impl SocketTransport {
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => {
-                    return Err(TransportError::Timeout {
-                        allowed: Default::default(),
-                    })
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(PollFlags::POLLIN, deadline)?
                 }
                 Err(e) => return Err(TransportError::from_read(e)),
             }
@@ -115,25 +113,19 @@ impl SocketTransport {
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
 impl Transport for SocketTransport {
     fn transact(&mut self, command: &[u8], deadline: Instant) -> Result<Vec<u8>, TransportError> {
         let started = Instant::now();
         if command.len() > MAX_COMMAND_SIZE {
             return Err(TransportError::CommandTooLarge { len: command.len() });
         }
-        self.exchange(command, deadline).map_err(|err| match err {
-            TransportError::Timeout { .. } => TransportError::Timeout {
-                allowed: deadline.saturating_duration_since(started),
-            },
-            other => other,
-        })
+        // Same rule as for a device: do not start what we cannot finish.
+        if super::time_left(deadline).is_none() {
+            return Err(TransportError::Timeout {
+                allowed: Default::default(),
+            });
+        }
+        with_allowed_time(self.exchange(command, deadline), started, deadline)
     }
 }
 
@@ -161,7 +153,7 @@ mod tests {
             }
             command
         });
-        (SocketTransport::from_stream(ours), handle)
+        (SocketTransport::from_stream(ours).unwrap(), handle)
     }
 
     fn soon() -> Instant {
