@@ -5,6 +5,7 @@
 //! tests say so loudly and pass — unless `CI` is set, where swtpm is
 //! installed and its absence is a failure.
 
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,7 +44,12 @@ impl Swtpm {
             if std::env::var_os("CI").is_some() {
                 panic!("swtpm not found, and CI is set: CI must install swtpm");
             }
-            eprintln!("SKIPPED: swtpm not found (apt-get install swtpm)");
+            // Written to stderr directly: the test harness hides eprintln!
+            // output of passing tests, and a skip must not go unnoticed.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: swtpm not found (apt-get install swtpm)"
+            );
             return None;
         };
         let state = tempfile::tempdir().expect("temporary directory");
