@@ -25,7 +25,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use response_code::{RcKind, ResponseCode};
-pub use selftest::{run as run_self_test, SelfTestError, SelfTestReport, SelfTestStep};
+pub use selftest::{
+    run as run_self_test, SelfTestError, SelfTestFailure, SelfTestReport, SelfTestStep,
+};
 pub use transport::{DeviceTransport, SocketTransport, Transport, TransportError};
 
 /// How much to prove about a TPM before a container may use it.

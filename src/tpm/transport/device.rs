@@ -51,9 +51,9 @@ impl DeviceTransport {
     }
 
     /// Uses an already open TPM descriptor (an `OwnedFd` or a `File`, e.g.
-    /// one opened inside a container's mount namespace). The descriptor is switched to
-    /// non-blocking mode: with a blocking one, `write()` would run the whole
-    /// command and no deadline could be kept.
+    /// one opened inside a container's mount namespace). The descriptor is
+    /// switched to non-blocking mode: with a blocking one, `write()` would
+    /// run the whole command and no deadline could be kept.
     pub fn from_fd(fd: impl Into<OwnedFd>) -> Result<Self, TransportError> {
         let fd = fd.into();
         let io_error = |op, errno: Errno| TransportError::Io {
