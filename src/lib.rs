@@ -15,6 +15,7 @@ pub mod nri;
 pub mod policy;
 pub mod request;
 pub mod runtime_shim;
+pub mod selftest_cli;
 pub mod spec_edit;
 pub mod state;
 pub mod tpm;

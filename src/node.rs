@@ -341,6 +341,29 @@ impl NodeDir {
     pub fn dir_fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
+
+    /// Removes what [`NodeDir::ensure`] made, after a failed self-test; a
+    /// node that was there before is left alone.
+    pub fn undo(&self, spec: &NodeSpec, outcome: NodeOutcome) {
+        if outcome == NodeOutcome::BindMounted {
+            if let Ok(node) = self.open_path_handle() {
+                let path = format!("/proc/self/fd/{}", node.as_raw_fd());
+                let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if matches!(outcome, NodeOutcome::Created | NodeOutcome::BindMounted) {
+            if let Err(e) = unlinkat(
+                self.dir.as_fd(),
+                self.name.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            ) {
+                tracing::warn!(
+                    "cannot remove {} after a failed self-test: {e}",
+                    spec.path.display()
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

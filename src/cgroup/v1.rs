@@ -93,8 +93,8 @@ pub fn coverage(entries: &[ListEntry], dev: &DeviceAccess) -> Coverage {
     }
     let covers = |e: &&ListEntry| {
         e.dev_type == 'c'
-            && e.major.map_or(true, |m| m == dev.major)
-            && e.minor.map_or(true, |m| m == dev.minor)
+            && e.major.is_none_or(|m| m == dev.major)
+            && e.minor.is_none_or(|m| m == dev.minor)
             && e.access & rw == rw
     };
     if entries.iter().any(|e| covers(&e)) {
