@@ -82,8 +82,13 @@ impl ContainerProcess {
                 let reply = read_until(read_end, timeout);
                 if reply.is_err() {
                     let _ = kill(child, Signal::SIGKILL);
+                    // A child stuck in the TPM driver may take long to die
+                    // (closing a device waits for the command in flight);
+                    // the hook's answer must not wait for it.
+                    reap_within(child, Duration::from_secs(1));
+                } else {
+                    reap_within(child, Duration::from_secs(5));
                 }
-                reap(child);
                 let bytes = reply?;
                 if bytes.is_empty() {
                     bail!("the helper process in the container died without an answer");
@@ -96,10 +101,17 @@ impl ContainerProcess {
     }
 }
 
-fn reap(child: Pid) {
+/// Waits for the child to exit, at most `grace`; a child still running
+/// then is left to init, which reaps it once the hook has exited.
+fn reap_within(child: Pid, grace: Duration) {
+    let deadline = Instant::now() + grace;
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => continue,
+        match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR)
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             _ => return,
         }
     }

@@ -140,6 +140,7 @@ fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::R
         gid: grant.gid,
     };
     let method = if bundle.has_user_namespace() {
+        check_gid_mapped(state.pid, grant)?;
         NodeMethod::BindHostNode
     } else {
         NodeMethod::Mknod
@@ -172,6 +173,31 @@ fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::R
         self_test: answer.self_test,
         duration: started.elapsed(),
     })
+}
+
+/// In a user namespace the node keeps its host group; unless the namespace
+/// maps that GID, nothing in the container can ever open the node, and a
+/// self-test run with host privileges would prove nothing for it.
+fn check_gid_mapped(pid: i32, grant: &Grant) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/gid_map");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let map = crate::userns::parse_id_map(&text).with_context(|| format!("bad {path}"))?;
+    if crate::userns::inside_id(&map, grant.gid).is_none() {
+        let group = grant
+            .group_name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "the container has a user namespace that does not map host GID {}{group}, the group of {}: \
+             no process in it could open the device. Map that GID into the container \
+             (e.g. podman --userns=auto:gidmapping=<container-gid>:{}:1) or run it without a user namespace",
+            grant.gid,
+            grant.container_path.display(),
+            grant.gid
+        );
+    }
+    Ok(())
 }
 
 fn run_self_test(

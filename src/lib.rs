@@ -19,3 +19,4 @@ pub mod selftest_cli;
 pub mod spec_edit;
 pub mod state;
 pub mod tpm;
+pub mod userns;
