@@ -33,8 +33,11 @@
 //! re-applies its own rules (`runc update`, `systemctl daemon-reload`) drops
 //! the grant — the spec-editing front-ends avoid that.
 //!
+//! On hardened hosts (`net.core.bpf_jit_harden=2`) the kernel hands back
+//! programs with blinded constants; [`bpf::unblind`] folds them back first.
+//!
 //! Layout: pure parsers and decisions ([`proc_cgroup`], [`mountinfo`],
-//! [`locate`], [`v1`], [`bpf::patch`], [`bpf::interp`]) are unit-tested; the
+//! [`locate`], [`v1`], [`bpf::patch`], [`bpf::unblind`], [`bpf::interp`]) are unit-tested; the
 //! privileged parts ([`bpf::sys`], the file writes) are thin and tested as
 //! root in `tests/cgroup_*.rs`.
 
