@@ -21,6 +21,7 @@ use oci_tpm_hook::cgroup::bpf::filter::{deny_by_default, Rule};
 use oci_tpm_hook::cgroup::bpf::insn::{Insn, R0};
 use oci_tpm_hook::cgroup::bpf::patch;
 use oci_tpm_hook::cgroup::bpf::sys::{self, ATTACH_CGROUP_DEVICE, F_ALLOW_MULTI};
+use oci_tpm_hook::cgroup::bpf::unblind::unblind;
 use oci_tpm_hook::cgroup::{
     self, mountinfo, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess,
 };
@@ -201,7 +202,9 @@ fn grants_a_device_by_patching_the_attached_program() {
     assert_eq!(after.flags, F_ALLOW_MULTI);
     let prog = sys::prog_get_fd_by_id(after.ids[0]).unwrap();
     let info = sys::prog_info(prog.as_fd()).unwrap();
-    assert!(patch::starts_with_allow_block(&info.insns, &ZERO_DEV));
+    // (On hardened hosts the dump is blinded; unblind is a no-op otherwise.)
+    let insns = unblind(&info.insns).unwrap();
+    assert!(patch::starts_with_allow_block(&insns, &ZERO_DEV));
     assert_eq!(info.name, cgroup::PROGRAM_NAME);
 
     // Idempotent: no second block, no second program.
@@ -291,4 +294,39 @@ fn load_errors_carry_the_verifier_log() {
     let err = sys::prog_load(&[Insn::exit()], "test_bad").unwrap_err();
     assert_eq!(err.error.raw_os_error(), Some(libc::EACCES), "{err}");
     assert!(err.to_string().contains("R0 !read_ok"), "{err}");
+}
+
+/// Hardened hosts (`net.core.bpf_jit_harden=2`) dump programs with blinded
+/// constants; runs only there (set the sysctl to exercise it).
+#[test]
+fn blinded_programs_are_patched() {
+    let Some(mount) = cgroup2_mount() else { return };
+    let sysctl = |name: &str| fs::read_to_string(format!("/proc/sys/net/core/{name}")).ok();
+    if sysctl("bpf_jit_harden").as_deref().map(str::trim) != Some("2")
+        || sysctl("bpf_jit_enable").as_deref().map(str::trim) == Some("0")
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: blinded_programs_are_patched needs net.core.bpf_jit_harden=2 and the JIT on ***\n"
+        );
+        return;
+    }
+    let t = TestCgroup::new(&mount);
+    t.attach(&runtime_program(), F_ALLOW_MULTI);
+    let id = t.attached().ids[0];
+    let dump = sys::prog_info(sys::prog_get_fd_by_id(id).unwrap().as_fd()).unwrap();
+    assert!(
+        dump.insns.iter().any(|i| i.dst() == 11 || i.src() == 11),
+        "the kernel blinded the program"
+    );
+    let cg = ContainerCgroup::v2(&t.child);
+    assert_eq!(open_in(&cg, ZERO, |_| {}), Err(Errno::EPERM));
+    assert_eq!(cg.allow_device(&ZERO_DEV).unwrap(), AllowOutcome::Added);
+    assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
+    assert_eq!(open_in(&cg, FULL, |_| {}), Err(Errno::EPERM));
+    assert_eq!(
+        cg.allow_device(&ZERO_DEV).unwrap(),
+        AllowOutcome::AlreadyAllowed
+    );
+    assert_eq!(t.attached().ids.len(), 1);
 }

@@ -4,15 +4,15 @@
 //!
 //! ```no_run
 //! # fn demo(container_pid: i32, child_pid: i32) -> anyhow::Result<()> {
-//! use oci_tpm_hook::cgroup::{self, AllowOutcome, DeviceAccess};
+//! use oci_tpm_hook::cgroup::{self, DeviceAccess};
 //!
-//! let cg = cgroup::locate(container_pid)?;          // from /proc/<pid>/cgroup + mountinfo
-//! let dev = DeviceAccess { major: 253, minor: 65536 };
-//! match cg.allow_device(&dev)? {                     // idempotent
-//!     AllowOutcome::Added | AllowOutcome::AlreadyAllowed | AllowOutcome::Unrestricted => {}
-//! }
-//! cg.join(child_pid)?;                               // the self-test child opens the node
-//! # Ok(()) }                                         // under the container's rules
+//! // From /proc/<pid>/cgroup and our own mount table.
+//! let cg = cgroup::locate(container_pid)?;
+//! // Idempotent: Added, AlreadyAllowed or Unrestricted.
+//! let outcome = cg.allow_device(&DeviceAccess::new(253, 65536))?;
+//! // A forked self-test child joins, so its open() meets the container's rules.
+//! cg.join(child_pid)?;
+//! # let _ = outcome; Ok(()) }
 //! ```
 //!
 //! - **cgroup v1**: the `devices` controller. `devices.list` is checked for
@@ -29,14 +29,19 @@
 //! Limits, by design: only read/write is granted (not mknod — create the
 //! node before joining the cgroup); programs attached to *ancestor* cgroups
 //! are shared with other containers and are never modified (a warning is
-//! logged when one is known to deny); a runtime or systemd that later
+//! logged when one is known to deny); a v1 cgroup in default-allow mode
+//! shows only `a *:* rwm`, hiding any deny exceptions, and is reported as
+//! unrestricted; a runtime or systemd that later
 //! re-applies its own rules (`runc update`, `systemctl daemon-reload`) drops
 //! the grant — the spec-editing front-ends avoid that.
 //!
+//! On hardened hosts (`net.core.bpf_jit_harden=2`) the kernel hands back
+//! programs with blinded constants; [`bpf::unblind`] folds them back first.
+//!
 //! Layout: pure parsers and decisions ([`proc_cgroup`], [`mountinfo`],
-//! [`locate`], [`v1`], [`bpf::patch`], [`bpf::interp`]) are unit-tested; the
-//! privileged parts ([`bpf::sys`], the file writes) are thin and tested as
-//! root in `tests/cgroup_*.rs`.
+//! [`locate`](mod@locate), [`v1`], [`bpf::patch`], [`bpf::unblind`],
+//! [`bpf::interp`]) are unit-tested; the privileged parts ([`bpf::sys`],
+//! the file writes) are thin and tested as root in `tests/cgroup_*.rs`.
 
 use std::fmt;
 use std::fs;

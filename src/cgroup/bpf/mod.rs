@@ -10,6 +10,7 @@ pub mod insn;
 pub mod interp;
 pub mod patch;
 pub mod sys;
+pub mod unblind;
 
 // `struct bpf_cgroup_dev_ctx.access_type` is `(access << 16) | type`.
 /// Access bit: mknod.

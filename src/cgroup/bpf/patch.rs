@@ -26,10 +26,11 @@
 //! R10). All jumps are relative, so the original's jumps stay valid when the
 //! whole program is shifted.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::insn::*;
 use super::interp::{self, DevCtx, InterpError};
+use super::unblind::unblind;
 use super::{ACC_READ, ACC_WRITE, DEV_CHAR};
 use crate::cgroup::DeviceAccess;
 
@@ -90,6 +91,12 @@ pub fn check_patchable(prog: &[Insn]) -> Result<()> {
     let mut pc = 0;
     while pc < prog.len() {
         let insn = prog[pc];
+        // Registers above R10 only appear in dumps of programs whose
+        // constants the JIT blinded (see `unblind`); the verifier would
+        // reject such a copy.
+        if insn.dst() > R10 || insn.src() > R10 {
+            bail!("instruction {pc} ({insn:?}) uses a register above r10 (JIT constant blinding, net.core.bpf_jit_harden)")
+        }
         match insn.class() {
             CLASS_JMP | CLASS_JMP32 if insn.code & 0xf0 == JMP_CALL => {
                 bail!("instruction {pc} calls a helper or function ({insn:?}); only self-contained programs can be patched")
@@ -144,6 +151,9 @@ pub enum Plan {
 
 /// Decides, for one attached program, whether it needs our block.
 pub fn plan(prog: &[Insn], dev: &DeviceAccess) -> Result<Plan> {
+    // On hardened hosts the dump is constant-blinded; work on the program
+    // as it was loaded.
+    let prog = &unblind(prog).context("undoing the JIT's constant blinding")?[..];
     if starts_with_allow_block(prog, dev) {
         return Ok(Plan::AlreadyAllowed);
     }
@@ -335,8 +345,34 @@ mod tests {
         with_const.extend(runtime_program());
         assert!(matches!(plan(&with_const, &TPM).unwrap(), Plan::Patch(_)));
 
+        // r11 outside a blinding sequence.
+        let mut odd = runtime_program();
+        odd.insert(0, Insn::mov32_imm(11, 0x1234));
+        assert!(plan(&odd, &TPM).is_err());
+        assert!(check_patchable(&odd)
+            .unwrap_err()
+            .to_string()
+            .contains("bpf_jit_harden"));
+
         assert!(check_patchable(&[]).is_err());
         assert!(check_patchable(&[Insn::new(0x20, 0, 0, 0, 0)]).is_err()); // ld abs
+    }
+
+    #[test]
+    fn blinded_dumps_are_patched_and_recognised() {
+        use super::super::unblind::blind;
+        let Plan::Patch(patched) = plan(&blind(&runtime_program(), 0x5eed), &TPM).unwrap() else {
+            panic!("the runtime program does not allow the TPM yet");
+        };
+        assert_eq!(
+            patched,
+            prepend_allow_block(&runtime_program(), &TPM).unwrap()
+        );
+        // Our own copy, blinded in turn by the kernel after loading.
+        assert_eq!(
+            plan(&blind(&patched, 3), &TPM).unwrap(),
+            Plan::AlreadyAllowed
+        );
     }
 
     #[test]

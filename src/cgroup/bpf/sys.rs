@@ -278,7 +278,8 @@ pub fn prog_load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
             prog_name,
-            expected_attach_type: ATTACH_CGROUP_DEVICE,
+            // expected_attach_type stays 0: device programs do not need it,
+            // and kernels before 4.17 reject a non-zero value there.
             ..Default::default()
         };
         if let Some(buf) = log {
