@@ -35,7 +35,9 @@ assert_refused "exclusive" --annotation oci-tpm-hook/device=tpm0 "$LAB_IMAGE" tr
 assert_contains "$LAB_OUTPUT" "tpmrm0 instead"
 
 step "a second TPM through the vTPM proxy works first"
-dev=$(add_vtpm)
+# Not in $(...): add_vtpm records its swtpm for cleanup in this shell.
+add_vtpm >/run/lab/vtpm.out
+dev=$(tail -n1 /run/lab/vtpm.out)
 name=$(basename "$dev")
 swtpm_pid=${LAB_DAEMON_PIDS[-1]}
 note "second TPM: $dev ($(device_numbers "$dev")), its swtpm pid $swtpm_pid"
