@@ -141,7 +141,9 @@ fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::R
     };
     let method = if bundle.has_user_namespace() {
         check_gid_mapped(state.pid, grant)?;
-        NodeMethod::BindHostNode
+        NodeMethod::BindHostNode {
+            as_owner: container_root_on_host(state.pid)?,
+        }
     } else {
         NodeMethod::Mknod
     };
@@ -198,6 +200,17 @@ fn check_gid_mapped(pid: i32, grant: &Grant) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The host uid and gid that the container's root is, if it has one.
+fn container_root_on_host(pid: i32) -> anyhow::Result<Option<(u32, u32)>> {
+    let root_of = |file: &str| -> anyhow::Result<Option<u32>> {
+        let path = format!("/proc/{pid}/{file}");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let map = crate::userns::parse_id_map(&text).with_context(|| format!("bad {path}"))?;
+        Ok(crate::userns::outside_id(&map, 0))
+    };
+    Ok(root_of("uid_map")?.zip(root_of("gid_map")?))
 }
 
 fn run_self_test(

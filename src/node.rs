@@ -35,8 +35,10 @@ pub enum NodeMethod {
     Mknod,
     /// Bind-mount the host's node over an empty file: for containers with a
     /// user namespace, whose /dev is mounted `nodev` by the kernel, so a
-    /// device node made there could never be opened.
-    BindHostNode,
+    /// device node made there could never be opened. The file is created as
+    /// the container's root (host uid, gid): a filesystem mounted inside the
+    /// namespace cannot store the host's root as an owner (EOVERFLOW).
+    BindHostNode { as_owner: Option<(u32, u32)> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +106,21 @@ fn split_node_path(node: &Path) -> anyhow::Result<(std::path::PathBuf, String)> 
     Ok((parts.iter().collect(), name))
 }
 
+/// Runs `f` with the filesystem ids set to `ids` (host uid, gid), then puts
+/// them back. setfsuid only affects this thread, and the caller is the
+/// single-threaded child acting as the container.
+fn with_fs_ids<T>(ids: Option<(u32, u32)>, f: impl FnOnce() -> T) -> T {
+    let Some((uid, gid)) = ids else {
+        return f();
+    };
+    let old_gid = nix::unistd::setfsgid(Gid::from_raw(gid));
+    let old_uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+    let out = f();
+    nix::unistd::setfsuid(old_uid);
+    nix::unistd::setfsgid(old_gid);
+    out
+}
+
 fn describe(kind: SFlag) -> &'static str {
     match kind {
         SFlag::S_IFLNK => "a symlink",
@@ -129,7 +146,7 @@ impl NodeDir {
             Ok(st) => self.check_existing(spec, &st),
             Err(Errno::ENOENT) => match method {
                 NodeMethod::Mknod => self.create(spec),
-                NodeMethod::BindHostNode => self.bind_host_node(spec),
+                NodeMethod::BindHostNode { as_owner } => self.bind_host_node(spec, as_owner),
             },
             Err(e) => Err(e)
                 .with_context(|| format!("cannot stat {} in the container", spec.path.display())),
@@ -183,7 +200,7 @@ impl NodeDir {
             Ok(()) => {}
             // Not allowed to make device nodes here (e.g. a user namespace
             // we were not told about): a bind mount still works.
-            Err(Errno::EPERM) => return self.bind_host_node(spec),
+            Err(Errno::EPERM) => return self.bind_host_node(spec, None),
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!("cannot create {} in the container", spec.path.display())
@@ -248,7 +265,11 @@ impl NodeDir {
 
     /// Bind-mounts the host's node (as visible in the container's mount
     /// namespace before pivot_root) over a new empty file.
-    fn bind_host_node(&self, spec: &NodeSpec) -> anyhow::Result<NodeOutcome> {
+    fn bind_host_node(
+        &self,
+        spec: &NodeSpec,
+        as_owner: Option<(u32, u32)>,
+    ) -> anyhow::Result<NodeOutcome> {
         let host_path = Path::new("/dev").join(&self.name);
         let host = nix::fcntl::open(
             &host_path,
@@ -272,12 +293,18 @@ impl NodeDir {
                 spec.minor
             );
         }
-        let target = nix::fcntl::openat(
-            self.dir.as_fd(),
-            self.name.as_str(),
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
+        let target = with_fs_ids(as_owner, || {
+            nix::fcntl::openat(
+                self.dir.as_fd(),
+                self.name.as_str(),
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        })
         .with_context(|| {
             format!(
                 "cannot create the mount point {} in the container",

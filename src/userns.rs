@@ -43,6 +43,14 @@ pub fn inside_id(map: &[IdMapping], outside: u32) -> Option<u32> {
     })
 }
 
+/// The host id that `inside` (an id in the namespace) is.
+pub fn outside_id(map: &[IdMapping], inside: u32) -> Option<u32> {
+    map.iter().find_map(|m| {
+        let offset = inside.checked_sub(m.inside)?;
+        (offset < m.count).then(|| m.outside + offset)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +63,9 @@ mod tests {
         assert_eq!(inside_id(&m, 165_536), None);
         assert_eq!(inside_id(&m, 102), Some(102));
         assert_eq!(inside_id(&m, 5), None);
+        assert_eq!(outside_id(&m, 0), Some(100_000));
+        assert_eq!(outside_id(&m, 102), Some(100_102));
+        assert_eq!(outside_id(&m, 65_536), None);
         let identity = parse_id_map("0 0 4294967295").unwrap();
         assert_eq!(inside_id(&identity, 113), Some(113));
     }
