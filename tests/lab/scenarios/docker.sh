@@ -6,9 +6,11 @@
 #  - without the annotation there is no TPM and config.json reaches runc
 #    byte-identical (same bytes, same inode: not rewritten);
 #  - a bad annotation or a missing TPM fails `docker run` with the message shown;
+#  - the hook in the spec validates and self-tests, finding the device granted;
 #  - with "default-runtime": "tpm" the annotation alone suffices.
 set -euo pipefail
 source "$LAB_LIB"
+source "$LAB_REPO/tests/lab/guest/hook.sh"
 
 require_binaries oci-tpm-runtime oci-tpm-hook
 gid=$(tss_gid)
@@ -19,14 +21,7 @@ runc_path=$(command -v runc)
 note "guest: tss gid $gid, /dev/tpmrm0 is $numbers, runc $(runc --version | head -n1)"
 
 # The host policy at its default place: the real runtime and the lab's hook.
-mkdir -p /etc/oci-tpm-hook
-cat >/etc/oci-tpm-hook/config.toml <<EOF
-[runtime]
-path = "runc"
-[hook]
-path = "$LAB_BIN/oci-tpm-hook"
-EOF
-on_exit "rm -rf /etc/oci-tpm-hook"
+install_policy "$(printf '[runtime]\npath = "runc"\n[hook]\npath = "%s"' "$HOOK_BIN")"
 
 # A traced variant, runtime "tpm-traced": docker -> trace(before) ->
 # oci-tpm-runtime -> trace(after) -> runc. Each trace keeps a copy of
@@ -55,12 +50,7 @@ $extra_env exec "$next" "\$@"
 EOF
     chmod 0755 "$trace/$stage"
 }
-cat >"$trace/config.toml" <<EOF
-[runtime]
-path = "$trace/after"
-[hook]
-path = "$LAB_BIN/oci-tpm-hook"
-EOF
+sed -e "s|^path = \"runc\"|path = \"$trace/after\"|" "$HOOK_POLICY" >"$trace/config.toml"
 make_trace after "$runc_path"
 make_trace before "$LAB_BIN/oci-tpm-runtime" "OCI_TPM_HOOK_CONFIG=$trace/config.toml"
 
@@ -74,11 +64,18 @@ assert_contains "$LAB_OUTPUT" "tpm-traced"
 load_image_docker
 
 step "docker run --runtime tpm --annotation oci-tpm-hook/device=tpmrm0 --user 1000 (no --group-add)"
+mark_hook_log
 assert_ok docker run --rm --network none --runtime tpm \
     --annotation oci-tpm-hook/device=tpmrm0 --user 1000 "$LAB_IMAGE" tpm2_getrandom --hex 8
 random=$(tail -n1 <<<"$LAB_OUTPUT")
 [[ "$random" =~ ^[0-9a-f]{16}$ ]] || fail "tpm2_getrandom --hex 8 gave '$random', expected 16 hex digits"
 note "random bytes from the TPM through docker: $random"
+log_lines=$(hook_log_new)
+printf '%s\n' "$log_lines"
+assert_contains "$log_lines" "TPM delivered" "hook log"
+assert_contains "$log_lines" "cgroup=v2 in-spec" "hook log: the rule came with the spec"
+assert_contains "$log_lines" "node=Kept" "hook log: runc made the node from the spec"
+assert_contains "$log_lines" 'self_test_result="passed"' "hook log"
 
 step "inside: the user has the tss group, the node is group tss 0660, the TCTI is set"
 assert_ok docker run --rm --network none --runtime tpm \
