@@ -17,6 +17,18 @@ use crate::policy::{LogPolicy, LogTarget};
 
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// Set once events go somewhere other than stderr.
+static LOGS_ELSEWHERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records an error that the front-end also prints to stderr, in the log
+/// too when the log is not stderr: some runtimes (crun) do not show a hook's
+/// stderr to the user, so the host's log must have it.
+pub fn error_also_to_log(message: &str) {
+    if LOGS_ELSEWHERE.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{message}");
+    }
+}
+
 /// Installs the global subscriber. Call once, early; a second call is a no-op.
 pub fn init(policy: &LogPolicy, syslog_identifier: &str) -> anyhow::Result<()> {
     let level = LevelFilter::from_str(&policy.level).unwrap_or(LevelFilter::INFO);
@@ -25,13 +37,15 @@ pub fn init(policy: &LogPolicy, syslog_identifier: &str) -> anyhow::Result<()> {
         LogTarget::Auto => LogTarget::Stderr,
         t => t,
     };
-    let layer: Box<dyn Layer<_> + Send + Sync> = match target {
+    let (layer, elsewhere): (Box<dyn Layer<_> + Send + Sync>, bool) = match target {
         LogTarget::Journald => match tracing_journald::layer() {
-            Ok(l) => l
-                .with_syslog_identifier(syslog_identifier.to_owned())
-                .boxed(),
+            Ok(l) => (
+                l.with_syslog_identifier(syslog_identifier.to_owned())
+                    .boxed(),
+                true,
+            ),
             // journald configured but not reachable: stderr beats silence.
-            Err(_) => stderr_layer().boxed(),
+            Err(_) => (stderr_layer().boxed(), false),
         },
         LogTarget::File => {
             let path = policy.file.as_deref().context("[log] file is not set")?;
@@ -40,17 +54,22 @@ pub fn init(policy: &LogPolicy, syslog_identifier: &str) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            tracing_subscriber::fmt::layer()
+            let layer = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_target(false)
                 .with_writer(std::sync::Mutex::new(file))
-                .boxed()
+                .boxed();
+            (layer, true)
         }
-        LogTarget::Stderr | LogTarget::Auto => stderr_layer().boxed(),
+        LogTarget::Stderr | LogTarget::Auto => (stderr_layer().boxed(), false),
     };
-    let _ = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(layer.with_filter(level))
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        LOGS_ELSEWHERE.store(elsewhere, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(())
 }
 

@@ -80,12 +80,16 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
     ) {
         Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,
         Ok(HookResult::SkippedOptional(msg)) => {
+            // Already in the log as a warning (hook::skip_optional).
             eprintln!("oci-tpm-hook: warning: {msg}; the container starts without a TPM (oci-tpm-hook/required=false)");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            // The runtime shows this to the user (podman, docker, kubelet).
-            eprintln!("oci-tpm-hook: {e:#}");
+            // runc shows this to the user (podman, docker, kubelet); crun
+            // does not, so the host's log gets it too.
+            let message = format!("{e:#}");
+            eprintln!("oci-tpm-hook: {message}");
+            oci_tpm_hook::log::error_also_to_log(&message);
             ExitCode::FAILURE
         }
     }

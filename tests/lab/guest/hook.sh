@@ -76,3 +76,19 @@ echo "uid=$(id -u) groups=$(id -G)"
 echo "random: $(tpm2_getrandom --hex 8)"
 tpm2_getcap properties-fixed | grep -A2 -E "TPM2_PT_FAMILY_INDICATOR|TPM2_PT_MANUFACTURER"
 '
+
+# assert_refused EXPECTED PODMAN-RUN-ARGS...: the container must not start,
+# with EXPECTED in what the user sees. runc shows a failing hook's stderr;
+# crun does not (it reports only the exit code), so with crun the message
+# must be in the hook's log. Leaves the runc run's output in $LAB_OUTPUT.
+assert_refused() {
+    local expected="$1" seen
+    shift
+    assert_fails podman run --rm --runtime runc "$@"
+    assert_contains "$LAB_OUTPUT" "$expected" "podman (runc) output"
+    seen="$LAB_OUTPUT"
+    mark_hook_log
+    assert_fails podman run --rm --runtime crun "$@"
+    assert_contains "$(hook_log_new)" "$expected" "hook log (crun does not show hook stderr)"
+    LAB_OUTPUT="$seen"
+}
