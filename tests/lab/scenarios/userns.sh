@@ -27,7 +27,8 @@ assert_contains "$LAB_OUTPUT" "gidmapping="
 step "--userns=auto with the tss GID mapped to 5000 in the container: works via a bind mount"
 mark_hook_log
 assert_ok podman run --rm --userns="auto:gidmapping=5000:$gid:1" --annotation oci-tpm-hook/device=tpmrm0 \
-    --user 1000 --group-add 5000 "$LAB_IMAGE" bash -c "$TPM_PROBE; cat /proc/self/gid_map"
+    --user 1000 --group-add 5000 "$LAB_IMAGE" bash -c "$TPM_PROBE
+cat /proc/self/gid_map"
 assert_contains "$LAB_OUTPUT" "node: character special file mode=660 gid=5000"
 assert_random_hex "$LAB_OUTPUT"
 log_lines=$(hook_log_new)
