@@ -287,6 +287,13 @@ TOML
     wait_for_daemon containerd "$LAB_WAIT" ctr version
 }
 
+# cri_run [OPTIONS] -- CMD...: run CMD in a one-container pod through
+# containerd's CRI, as a kubelet would (start_containerd and
+# load_image_containerd first); prints its output, exits with its status
+# (125: CRI error, 124: timeout). `cri_run --help` lists the options
+# (--pod-annotation, --annotation, --device, --user, --supplemental-group, ...).
+cri_run() { python3 "$LAB_REPO/tests/lab/guest/cri-run" "$@"; }
+
 # ---------------------------------------------------------------- image
 
 # load_image_podman: make $LAB_IMAGE available to podman (podman import).

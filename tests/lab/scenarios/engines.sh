@@ -28,6 +28,12 @@ assert_ok ctr -n k8s.io run --rm --device /dev/tpmrm0 \
     --env TPM2TOOLS_TCTI=device:/dev/tpmrm0 "$LAB_IMAGE" lab-engines-ctr bash -c "$probe"
 assert_contains "$LAB_OUTPUT" 'value: "IBM"'
 
+step "containerd CRI (a pod, as a kubelet makes it): --device /dev/tpmrm0, user 1000, group $gid"
+assert_ok cri_run --pod lab-engines --device /dev/tpmrm0 --user 1000 --supplemental-group "$gid" \
+    --env TPM2TOOLS_TCTI=device:/dev/tpmrm0 -- bash -c "$probe"
+assert_contains "$LAB_OUTPUT" "uid=1000"
+assert_contains "$LAB_OUTPUT" 'value: "IBM"'
+
 step "a second TPM through the vTPM proxy"
 dev=$(add_vtpm)
 assert_eq /dev/tpmrm1 "$dev" "new TPM device"
