@@ -1,1 +1,273 @@
-//! TODO
+//! The grant: what a container must get to use a host TPM.
+//!
+//! [`decide`] is the one place where request, policy and host meet; every
+//! front-end calls it and then expresses the [`Grant`] in its own terms
+//! (a node made by the hook, a spec edit, an NRI adjustment).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::host::{container_path, HostRoots, HostTpm};
+use crate::policy::Policy;
+use crate::request::{self, Requester, TpmRequest};
+use crate::tpm::SelfTestLevel;
+
+/// The node's mode: the owner (root) and the group may read and write.
+pub const NODE_MODE: u32 = 0o660;
+
+/// A container as the front-ends see it.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    /// The runtime's container id.
+    pub id: String,
+    pub annotations: BTreeMap<String, String>,
+    /// When the front-end knows the Kubernetes container name better than
+    /// the annotations (NRI).
+    pub container_name: Option<String>,
+    /// When the front-end knows the pod namespace better than the annotations.
+    pub pod_namespace: Option<String>,
+}
+
+impl Subject {
+    pub fn requester(&self) -> Requester {
+        let mut r = Requester::from_annotations(&self.annotations);
+        if self.container_name.is_some() {
+            r.container_name.clone_from(&self.container_name);
+        }
+        if self.pod_namespace.is_some() {
+            r.pod_namespace.clone_from(&self.pod_namespace);
+        }
+        r
+    }
+
+    /// "container 3f2a… (pod attest/licence, container app)": how every
+    /// message names the container.
+    pub fn describe(&self) -> String {
+        let r = self.requester();
+        // Engines show 64-hex-digit ids by their first 12 digits; other ids
+        // (runc's, CRI's names) are shown whole.
+        let short = if self.id.len() == 64 && self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            &self.id[..12]
+        } else {
+            self.id.as_str()
+        };
+        match (&r.pod_namespace, &r.pod_name, &r.container_name) {
+            (Some(ns), Some(pod), Some(c)) => {
+                format!("container {short} (pod {ns}/{pod}, container {c})")
+            }
+            (Some(ns), _, Some(c)) => format!("container {short} (namespace {ns}, container {c})"),
+            (_, _, Some(c)) => format!("container {short} ({c})"),
+            _ => format!("container {short}"),
+        }
+    }
+}
+
+/// Everything a container gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub device: HostTpm,
+    /// Where the node appears inside the container.
+    pub container_path: PathBuf,
+    pub mode: u32,
+    pub gid: u32,
+    pub group_name: Option<String>,
+    pub self_test: SelfTestLevel,
+    pub timeout: Duration,
+    pub required: bool,
+}
+
+impl Grant {
+    /// The device-cgroup rule in `devices.allow` syntax.
+    pub fn cgroup_rule(&self) -> String {
+        format!("c {}:{} rw", self.device.major, self.device.minor)
+    }
+
+    /// Environment that points TPM software at the node: tpm2-tools reads
+    /// `TPM2TOOLS_TCTI`, the tpm2-tss libraries `TSS2_TCTI`.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        let tcti = format!("device:{}", self.container_path.display());
+        [("TPM2TOOLS_TCTI", tcti.clone()), ("TSS2_TCTI", tcti)]
+    }
+}
+
+/// Why a container cannot get what it asked for.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Whether the container must fail (`oci-tpm-hook/required`); malformed
+    /// requests always fail.
+    pub required: bool,
+    pub error: anyhow::Error,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Request → policy → host: `Ok(None)` when the container asks for nothing.
+pub fn decide(
+    subject: &Subject,
+    policy: &Policy,
+    host: &HostRoots,
+) -> Result<Option<Grant>, Refusal> {
+    let who = subject.describe();
+    let request =
+        request::parse(&subject.annotations, subject.container_name.as_deref()).map_err(|e| {
+            Refusal {
+                required: true,
+                error: anyhow::anyhow!("{who}: {e}"),
+            }
+        })?;
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    grant_for(subject, &request, policy, host)
+        .map(Some)
+        .map_err(|error| Refusal {
+            required: request.required,
+            error: error.context(format!("{who}: cannot give it TPM {}", request.device)),
+        })
+}
+
+fn grant_for(
+    subject: &Subject,
+    request: &TpmRequest,
+    policy: &Policy,
+    host: &HostRoots,
+) -> anyhow::Result<Grant> {
+    policy
+        .admit(&subject.requester())
+        .map_err(anyhow::Error::msg)?;
+    let device = host.find_tpm(&request.device, policy)?;
+    let group = host.group(&policy.node.group)?;
+    Ok(Grant {
+        container_path: container_path(&device.name),
+        device,
+        mode: NODE_MODE,
+        gid: group.gid,
+        group_name: group.name,
+        self_test: policy.self_test_level(request),
+        timeout: policy.self_test_timeout(),
+        required: request.required,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn host() -> (tempfile::TempDir, HostRoots) {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = HostRoots {
+            dev: dir.path().join("dev"),
+            sys: dir.path().join("sys"),
+            group_file: dir.path().join("group"),
+        };
+        fs::create_dir_all(roots.sys.join("class/tpmrm/tpmrm0")).unwrap();
+        fs::write(roots.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
+        fs::create_dir_all(&roots.dev).unwrap();
+        std::os::unix::fs::symlink("/dev/null", roots.dev.join("tpmrm0")).unwrap();
+        fs::write(&roots.group_file, "tss:x:109:\n").unwrap();
+        (dir, roots)
+    }
+
+    fn subject(pairs: &[(&str, &str)]) -> Subject {
+        Subject {
+            id: "0123456789abcdef0123".into(),
+            annotations: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_request_no_grant() {
+        let (_d, h) = host();
+        assert!(decide(&subject(&[]), &Policy::default(), &h)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn full_grant() {
+        let (_d, h) = host();
+        let g = decide(
+            &subject(&[("oci-tpm-hook/device", "tpmrm0")]),
+            &Policy::default(),
+            &h,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(g.container_path, PathBuf::from("/dev/tpmrm0"));
+        assert_eq!(
+            (g.device.major, g.device.minor, g.gid, g.mode),
+            (1, 3, 109, 0o660)
+        );
+        assert_eq!(g.cgroup_rule(), "c 1:3 rw");
+        assert_eq!(
+            g.env()[0],
+            ("TPM2TOOLS_TCTI", "device:/dev/tpmrm0".to_string())
+        );
+        assert_eq!(g.self_test, SelfTestLevel::Quick);
+        assert!(g.required);
+    }
+
+    #[test]
+    fn refusals_carry_required_and_name_the_container() {
+        let (_d, h) = host();
+        let r = decide(
+            &subject(&[
+                ("oci-tpm-hook/device", "tpmrm7"),
+                ("oci-tpm-hook/required", "false"),
+            ]),
+            &Policy::default(),
+            &h,
+        )
+        .unwrap_err();
+        assert!(!r.required);
+        let msg = r.to_string();
+        assert!(
+            msg.contains("container 0123456789ab") && msg.contains("tpmrm7"),
+            "{msg}"
+        );
+
+        let bad = decide(
+            &subject(&[
+                ("oci-tpm-hook/device", "tpmrm0"),
+                ("oci-tpm-hook/self-test", "x"),
+            ]),
+            &Policy::default(),
+            &h,
+        )
+        .unwrap_err();
+        assert!(bad.required, "a malformed request always fails");
+    }
+
+    #[test]
+    fn namespace_policy_applies() {
+        let (_d, h) = host();
+        let mut p = Policy::default();
+        p.kubernetes.namespaces = vec!["attest".into()];
+        let mut s = subject(&[
+            ("oci-tpm-hook/device", "auto"),
+            ("io.kubernetes.pod.namespace", "default"),
+            ("io.kubernetes.pod.name", "web"),
+            ("io.kubernetes.container.name", "app"),
+        ]);
+        let msg = decide(&s, &p, &h).unwrap_err().to_string();
+        assert!(
+            msg.contains("pod default/web, container app") && msg.contains("namespace"),
+            "{msg}"
+        );
+        s.pod_namespace = Some("attest".into());
+        assert!(decide(&s, &p, &h).unwrap().is_some());
+    }
+}
