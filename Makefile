@@ -56,4 +56,4 @@ bench: build
 
 # Remove the cached guest roots and images (they are rebuilt on the next run).
 lab-clean:
-	rm -rf --one-file-system /var/cache/oci-tpm-hook/lab
+	rm -rf --one-file-system "$${LAB_CACHE:-/var/cache/oci-tpm-hook/lab}"
