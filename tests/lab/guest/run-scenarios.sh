@@ -9,7 +9,7 @@ set -euo pipefail
 
 LAB_REPO=/lab/repo
 LAB_OUT=/lab/out
-SCENARIO_DIR="$LAB_REPO/tests/lab/scenarios"
+SCENARIO_DIR="$LAB_REPO/${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
 SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
 
 log() { printf '[lab guest] %s\n' "$*"; }
