@@ -11,7 +11,7 @@ CARGO    ?= cargo
 LAB      := tests/lab
 SCENARIO ?=
 
-.PHONY: all build check unit e2e test demo bench lab-setup lab-roots lab-clean
+.PHONY: all build check unit e2e test demo bench deb lab-setup lab-roots lab-clean
 
 all: build
 
@@ -41,10 +41,15 @@ e2e: lab-setup build
 test:
 	$(MAKE) check
 	$(MAKE) unit
+	$(MAKE) deb
 	$(MAKE) e2e
 
 demo: lab-setup build
 	$(LAB)/run.sh demo
+
+# A Debian package of the release binaries, hooks.d file and policy (checked as it is built).
+deb: build
+	packaging/deb/build.sh
 
 # Speed and memory, measured on this host and in the lab (see tests/bench/run.sh).
 bench: lab-setup build
