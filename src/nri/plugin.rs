@@ -221,3 +221,245 @@ pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> Contai
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nri::api::{Container, PodSandbox};
+    use std::fs;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        plugin: TpmPlugin,
+        hook: String,
+    }
+
+    /// A host with tpmrm0 = 253:65536, group tss = 102, and a hook binary.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoots {
+            dev: dir.path().join("dev"),
+            sys: dir.path().join("sys"),
+            group_file: dir.path().join("group"),
+        };
+        fs::create_dir_all(host.sys.join("class/tpmrm/tpmrm0")).unwrap();
+        fs::write(host.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
+        fs::create_dir_all(&host.dev).unwrap();
+        // /dev/null stands in for the device node: a real character device.
+        std::os::unix::fs::symlink("/dev/null", host.dev.join("tpmrm0")).unwrap();
+        fs::write(&host.group_file, "tss:x:102:\n").unwrap();
+        let hook = dir.path().join("oci-tpm-hook");
+        fs::write(&hook, "").unwrap();
+        let mut policy = Policy::default();
+        policy.hook.path = hook.clone();
+        let plugin = TpmPlugin::new(policy, policy::DEFAULT_PATH.into(), host, true);
+        Fixture {
+            _dir: dir,
+            plugin,
+            hook: hook.display().to_string(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn request(pod: &[(&str, &str)], container: &[(&str, &str)]) -> CreateContainerRequest {
+        CreateContainerRequest {
+            pod: PodSandbox {
+                id: "pod0".into(),
+                name: "licence".into(),
+                namespace: "attest".into(),
+                annotations: map(pod),
+                ..Default::default()
+            },
+            container: Container {
+                id: "0123456789abcdef".into(),
+                pod_sandbox_id: "pod0".into(),
+                name: "app".into(),
+                annotations: map(container),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn device(a: &ContainerAdjustment) -> &LinuxDevice {
+        &a.linux.as_ref().unwrap().devices[0]
+    }
+
+    #[test]
+    fn no_request_is_an_empty_answer() {
+        let mut f = fixture();
+        let req = request(
+            &[("other/key", "x")],
+            &[("io.kubernetes.cri.container-name", "app")],
+        );
+        assert!(subject(&req).is_none(), "fast path");
+        assert_eq!(f.plugin.create_container(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn pod_request_gets_device_env_and_hook() {
+        let mut f = fixture();
+        let req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(
+            device(&a),
+            &LinuxDevice {
+                path: "/dev/tpmrm0".into(),
+                kind: "c".into(),
+                major: 1,
+                minor: 3,
+                file_mode: Some(0o660),
+                uid: Some(0),
+                gid: Some(102),
+            }
+        );
+        assert_eq!(
+            a.env,
+            [
+                (
+                    "TPM2TOOLS_TCTI".to_string(),
+                    "device:/dev/tpmrm0".to_string()
+                ),
+                ("TSS2_TCTI".to_string(), "device:/dev/tpmrm0".to_string())
+            ]
+        );
+        let hooks = a.hooks.unwrap();
+        assert_eq!(hooks.create_runtime.len(), 1);
+        let h = &hooks.create_runtime[0];
+        assert_eq!(h.path, f.hook);
+        assert_eq!(h.args, ["oci-tpm-hook"]);
+        assert!(h.env.is_empty(), "default policy path: nothing to pass");
+        assert_eq!(h.timeout, Some(10), "5 s self-test + 5 s margin");
+        assert!(hooks.prestart.is_empty() && hooks.poststop.is_empty());
+    }
+
+    #[test]
+    fn container_annotation_wins_and_per_container_form_applies() {
+        let mut f = fixture();
+        // The pod says tpmrm9 (absent), the container overrides with auto.
+        let req = request(
+            &[("oci-tpm-hook/device", "tpmrm9")],
+            &[("oci-tpm-hook/device", "auto")],
+        );
+        assert!(f.plugin.create_container(&req).unwrap().is_some());
+
+        // Per-container form names this container (NRI gives its name).
+        let req = request(&[("oci-tpm-hook/device.app", "tpmrm0")], &[]);
+        assert!(f.plugin.create_container(&req).unwrap().is_some());
+        // … and not another one.
+        let req = request(&[("oci-tpm-hook/device.sidecar", "tpmrm0")], &[]);
+        assert_eq!(f.plugin.create_container(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn required_refusal_fails_with_a_clear_message() {
+        let mut f = fixture();
+        let req = request(&[("oci-tpm-hook/device", "tpmrm7")], &[]);
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert_eq!(status.code, code::FAILED_PRECONDITION);
+        for part in [
+            "oci-tpm-hook:",
+            "0123456789ab",
+            "attest/licence",
+            "app",
+            "tpmrm7",
+        ] {
+            assert!(
+                status.message.contains(part),
+                "{part:?} not in {}",
+                status.message
+            );
+        }
+        // A malformed request always fails, whatever `required` says.
+        let req = request(
+            &[
+                ("oci-tpm-hook/device", "tpmrm0"),
+                ("oci-tpm-hook/required", "maybe"),
+            ],
+            &[],
+        );
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert!(
+            status.message.contains("oci-tpm-hook/required"),
+            "{}",
+            status.message
+        );
+    }
+
+    #[test]
+    fn optional_refusal_starts_without_tpm() {
+        let mut f = fixture();
+        let req = request(
+            &[
+                ("oci-tpm-hook/device", "tpmrm7"),
+                ("oci-tpm-hook/required", "false"),
+            ],
+            &[],
+        );
+        assert_eq!(f.plugin.create_container(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn namespace_policy_uses_the_pod_namespace() {
+        let mut f = fixture();
+        f.plugin.policy.kubernetes.namespaces = vec!["prod".into()];
+        let req = request(&[("oci-tpm-hook/device", "auto")], &[]);
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert!(status.message.contains("\"attest\""), "{}", status.message);
+    }
+
+    #[test]
+    fn hook_not_added_twice_missing_or_disabled() {
+        let mut f = fixture();
+        let mut req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        // Already there from the base runtime spec (the fail-closed setup).
+        req.container.hooks.create_runtime.push(Hook {
+            path: f.hook.clone(),
+            args: vec!["oci-tpm-hook".into()],
+            ..Default::default()
+        });
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(a.hooks, None);
+        assert!(a.linux.is_some(), "the device is still added");
+
+        let req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        f.plugin.inject_hook = false;
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(a.hooks, None);
+        assert_eq!(device(&a).gid, Some(102));
+
+        f.plugin.inject_hook = true;
+        f.plugin.policy.hook.path = "/nonexistent/oci-tpm-hook".into();
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(a.hooks, None, "a missing hook would fail the container");
+        assert!(f.plugin.hook_missing);
+        assert!(a.linux.is_some());
+    }
+
+    #[test]
+    fn non_default_policy_is_passed_to_the_hook() {
+        let mut f = fixture();
+        f.plugin.policy_path = "/etc/tpm/policy.toml".into();
+        f.plugin.policy.self_test.timeout_ms = 12_500;
+        let req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        let h = &a.hooks.unwrap().create_runtime[0];
+        assert_eq!(h.env, ["OCI_TPM_HOOK_CONFIG=/etc/tpm/policy.toml"]);
+        assert_eq!(h.timeout, Some(18), "12.5 s rounded up + 5 s");
+    }
+
+    #[test]
+    fn configure_subscribes_to_create_container_only() {
+        let mut f = fixture();
+        let events = f
+            .plugin
+            .configure(&api::ConfigureRequest::default())
+            .unwrap();
+        assert_eq!(events, 1 << 3);
+    }
+}

@@ -79,6 +79,7 @@ pub struct Session {
     runtime_rx: Decoder,
     state: State,
     deadline: Option<Instant>,
+    registration_timeout: Duration,
     /// Unknown multiplexer channels already reported (report each once).
     unknown_conns: Vec<u32>,
     /// The runtime's per-request budget, from Configure.
@@ -100,6 +101,7 @@ impl Session {
             runtime_rx: Decoder::new(),
             state: State::Registering,
             deadline: Some(Instant::now() + REGISTRATION_TIMEOUT),
+            registration_timeout: REGISTRATION_TIMEOUT,
             unknown_conns: Vec::new(),
             request_timeout: Duration::from_secs(2),
             sync_pods: 0,
@@ -133,6 +135,15 @@ impl Session {
         Ok(s)
     }
 
+    /// Overrides how long registration and configuration may take
+    /// (counted from now).
+    pub fn set_registration_timeout(&mut self, timeout: Duration) {
+        if self.state < State::Synchronized {
+            self.registration_timeout = timeout;
+            self.deadline = Some(Instant::now() + timeout);
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }
@@ -159,7 +170,7 @@ impl Session {
                             } else {
                                 "configure and synchronize the plugin"
                             },
-                            REGISTRATION_TIMEOUT
+                            self.registration_timeout
                         );
                     }
                     // Round up so we do not spin just before the deadline.
