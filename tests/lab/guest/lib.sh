@@ -1,0 +1,308 @@
+# Helpers for lab scenarios. A scenario starts with
+#     set -euo pipefail
+#     source "$LAB_LIB"
+# and runs as root inside the lab guest; its exit status is its verdict.
+# Daemons and extra TPMs started through these helpers are stopped when the
+# scenario exits (add more with on_exit).
+# shellcheck shell=bash
+
+LAB_REPO="${LAB_REPO:-/lab/repo}"
+LAB_BIN="${LAB_BIN:-/lab/bin}"              # the project's binaries (read-only)
+LAB_IMAGE_DIR="${LAB_IMAGE_DIR:-/lab/image}"
+LAB_OUT="${LAB_OUT:-/lab/out}"
+LAB_SCENARIO="${LAB_SCENARIO:-scenario}"
+LAB_IMAGE="localhost/tpm-test:latest"        # the test image, same name in every engine
+LAB_PAUSE_IMAGE="localhost/pause:lab"        # containerd CRI sandbox image
+LAB_WAIT="${LAB_WAIT:-180}"                  # seconds any single wait may take
+LAB_LOG_DIR=/var/log/lab
+mkdir -p "$LAB_LOG_DIR" /run/lab
+
+# ---------------------------------------------------------------- output
+
+# step "what happens next": a visible heading in the scenario's output.
+step() { printf '\n--- %s\n' "$*"; }
+
+# note "text": an informational line.
+note() { printf '    %s\n' "$*"; }
+
+# run CMD...: print the command, then run it (its output goes to the log).
+run() { printf '+ %s\n' "$*"; "$@"; }
+
+# ---------------------------------------------------------------- assertions
+# Each prints what was expected and what was seen, and exits the scenario
+# with status 1 when the assertion does not hold.
+
+fail() { printf 'FAIL: %s\n' "$*"; exit 1; }
+
+# assert_eq EXPECTED ACTUAL [WHAT]
+assert_eq() {
+    if [[ "$1" == "$2" ]]; then
+        printf 'ok: %s = %q\n' "${3:-value}" "$2"
+    else
+        printf 'FAIL: %s\n  expected: %q\n  seen:     %q\n' "${3:-value}" "$1" "$2"
+        exit 1
+    fi
+}
+
+# assert_contains HAYSTACK NEEDLE [WHAT]
+assert_contains() {
+    if [[ "$1" == *"$2"* ]]; then
+        printf 'ok: %s contains %q\n' "${3:-output}" "$2"
+    else
+        printf 'FAIL: %s\n  expected to contain: %q\n  seen:\n%s\n' "${3:-output}" "$2" "$1"
+        exit 1
+    fi
+}
+
+# assert_not_contains HAYSTACK NEEDLE [WHAT]
+assert_not_contains() {
+    if [[ "$1" != *"$2"* ]]; then
+        printf 'ok: %s does not contain %q\n' "${3:-output}" "$2"
+    else
+        printf 'FAIL: %s\n  expected not to contain: %q\n  seen:\n%s\n' "${3:-output}" "$2" "$1"
+        exit 1
+    fi
+}
+
+# assert_ok CMD...: the command must succeed. Its output is printed and kept
+# in $LAB_OUTPUT.
+assert_ok() {
+    local rc=0
+    printf '+ %s\n' "$*"
+    LAB_OUTPUT=$("$@" 2>&1) || rc=$?
+    printf '%s\n' "$LAB_OUTPUT"
+    if [[ $rc -ne 0 ]]; then
+        printf 'FAIL: expected success, seen exit status %d from: %s\n' "$rc" "$*"
+        exit 1
+    fi
+    printf 'ok: succeeded\n'
+}
+
+# assert_fails CMD...: the command must fail (non-zero exit). Its output is
+# printed and kept in $LAB_OUTPUT, e.g. for assert_contains afterwards.
+assert_fails() {
+    local rc=0
+    printf '+ %s\n' "$*"
+    LAB_OUTPUT=$("$@" 2>&1) || rc=$?
+    printf '%s\n' "$LAB_OUTPUT"
+    if [[ $rc -eq 0 ]]; then
+        printf 'FAIL: expected failure, but it succeeded: %s\n' "$*"
+        exit 1
+    fi
+    printf 'ok: failed as expected (exit status %d)\n' "$rc"
+}
+
+# wait_for SECONDS DESCRIPTION CMD...: poll CMD every half second until it
+# succeeds; fail the scenario after SECONDS.
+wait_for() {
+    local secs="$1" what="$2" deadline
+    shift 2
+    deadline=$(( $(date +%s) + secs ))
+    until "$@" >/dev/null 2>&1; do
+        if [[ $(date +%s) -ge $deadline ]]; then
+            fail "timed out after ${secs}s waiting for $what"
+        fi
+        sleep 0.5
+    done
+}
+
+# ---------------------------------------------------------------- cleanup
+
+LAB_EXIT_ACTIONS=()
+LAB_DAEMON_PIDS=()
+LAB_DAEMON_NAMES=()
+
+# on_exit "shell command": run it when the scenario exits (last added, first run).
+on_exit() { LAB_EXIT_ACTIONS+=("$1"); }
+
+# stop_pid PID NAME: TERM, wait up to 20 s, then KILL.
+stop_pid() {
+    local pid="$1" name="$2" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 40); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    echo "[lab] $name (pid $pid) did not stop after TERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+lab_cleanup() {
+    local rc=$? i
+    set +e
+    for (( i=${#LAB_EXIT_ACTIONS[@]}-1; i>=0; i-- )); do
+        eval "${LAB_EXIT_ACTIONS[$i]}" >/dev/null 2>&1
+    done
+    for (( i=${#LAB_DAEMON_PIDS[@]}-1; i>=0; i-- )); do
+        stop_pid "${LAB_DAEMON_PIDS[$i]}" "${LAB_DAEMON_NAMES[$i]}"
+    done
+    # Keep daemon logs with the run's results on the host.
+    for i in "$LAB_LOG_DIR"/*.log; do
+        [[ -f "$i" ]] && cp "$i" "$LAB_OUT/$LAB_SCENARIO.$(basename "$i")"
+    done
+    if [[ $rc -ne 0 ]]; then
+        for i in "$LAB_LOG_DIR"/*.log; do
+            [[ -f "$i" ]] || continue
+            printf '\n--- last lines of %s (full log: %s.%s in the run directory)\n' \
+                "$i" "$LAB_SCENARIO" "$(basename "$i")"
+            tail -n 25 "$i"
+        done
+    fi
+    exit "$rc"
+}
+trap lab_cleanup EXIT
+
+# start_daemon NAME CMD...: start CMD in the background with output in
+# $LAB_LOG_DIR/NAME.log; it is stopped when the scenario exits.
+start_daemon() {
+    local name="$1"
+    shift
+    "$@" >"$LAB_LOG_DIR/$name.log" 2>&1 </dev/null &
+    LAB_DAEMON_PIDS+=("$!")
+    LAB_DAEMON_NAMES+=("$name")
+    note "started $name (pid $!, log $LAB_LOG_DIR/$name.log)"
+}
+
+# ---------------------------------------------------------------- TPM
+
+# tss_gid: the guest's tss group id (owner group of /dev/tpmrm*).
+tss_gid() { getent group tss | cut -d: -f3; }
+
+# device_numbers PATH: "major:minor" in decimal, e.g. 253:65536.
+device_numbers() {
+    local hex
+    hex=$(stat -c '%t %T' "$1")
+    # shellcheck disable=SC2086
+    printf '%d:%d\n' $(printf '0x%s 0x%s' $hex)
+}
+
+# add_vtpm: add one more kernel TPM through the vTPM proxy, backed by a fresh
+# swtpm; prints its resource-manager device (e.g. /dev/tpmrm1). The swtpm
+# stops when the scenario exits.
+add_vtpm() {
+    local state before dev
+    modprobe tpm_vtpm_proxy
+    state=$(mktemp -d /run/lab/vtpm.XXXXXX)
+    before=$(ls /dev/tpmrm* 2>/dev/null | sort)
+    start_daemon "swtpm-vtpm-$(basename "$state")" \
+        swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
+    wait_for "$LAB_WAIT" "a new /dev/tpmrm* from the vTPM proxy" \
+        bash -c "[[ \"\$(ls /dev/tpmrm* 2>/dev/null | sort)\" != \"$before\" ]]"
+    dev=$(comm -13 <(printf '%s\n' "$before") <(ls /dev/tpmrm* | sort) | head -n1)
+    # Like a host's udev rules (tpm2-tss): tpmrm* is group tss, mode 0660.
+    wait_for 10 "$dev to appear" test -c "$dev"
+    chgrp tss "$dev" && chmod 0660 "$dev"
+    echo "$dev"
+}
+
+# ---------------------------------------------------------------- engines
+
+# start_dockerd [JSON]: start dockerd (no network, cgroupfs, overlay2 on tmpfs);
+# JSON is merged over the lab's daemon.json, e.g.
+#   start_dockerd '{"runtimes":{"tpm":{"path":"/lab/bin/oci-tpm-runtime"}}}'
+# Containers need `--network none` (there is no bridge in the guest).
+start_dockerd() {
+    local extra="${1:-}" conf=/run/lab/docker/daemon.json
+    mkdir -p /run/lab/docker
+    jq -n '{
+        "bridge": "none", "iptables": false, "ip6tables": false, "ip-masq": false,
+        "exec-opts": ["native.cgroupdriver=cgroupfs"],
+        "storage-driver": "overlay2", "data-root": "/var/lib/docker",
+        "hosts": ["unix:///run/docker.sock"]}' >"$conf.base"
+    if [[ -n "$extra" ]]; then
+        jq -s '.[0] * .[1]' "$conf.base" <(printf '%s' "$extra") >"$conf"
+    else
+        cp "$conf.base" "$conf"
+    fi
+    note "dockerd config: $(jq -c . "$conf")"
+    start_daemon dockerd dockerd --config-file "$conf"
+    wait_for "$LAB_WAIT" "dockerd to answer" docker version
+}
+
+# start_containerd [TOML]: start containerd with the CRI plugin (sandbox image
+# localhost/pause:lab, runc, cgroupfs); TOML is appended to the lab's config
+# (add new tables, e.g. the NRI plugin's). Socket: /run/containerd/containerd.sock.
+start_containerd() {
+    local extra="${1:-}" conf=/run/lab/containerd/config.toml
+    mkdir -p /run/lab/containerd /etc/cni/net.d
+    cat >"$conf" <<TOML
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+[grpc]
+  address = "/run/containerd/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$LAB_PAUSE_IMAGE"
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+TOML
+    [[ -n "$extra" ]] && printf '\n%s\n' "$extra" >>"$conf"
+    start_daemon containerd containerd --config "$conf"
+    wait_for "$LAB_WAIT" "containerd to answer" ctr version
+}
+
+# ---------------------------------------------------------------- image
+
+# load_image_podman: make $LAB_IMAGE available to podman (podman import).
+load_image_podman() {
+    podman image exists "$LAB_IMAGE" && return 0
+    note "podman import $LAB_IMAGE"
+    podman import --quiet --change 'CMD ["/bin/bash"]' "$LAB_IMAGE_DIR/rootfs.tar" "$LAB_IMAGE" >/dev/null
+}
+
+# load_image_docker: make $LAB_IMAGE available to docker (docker import);
+# dockerd must be running (start_dockerd).
+load_image_docker() {
+    docker image inspect "$LAB_IMAGE" >/dev/null 2>&1 && return 0
+    note "docker import $LAB_IMAGE"
+    docker import --change 'CMD ["/bin/bash"]' "$LAB_IMAGE_DIR/rootfs.tar" "$LAB_IMAGE" >/dev/null
+}
+
+# load_image_containerd: make $LAB_IMAGE and $LAB_PAUSE_IMAGE available in
+# containerd's k8s.io namespace (what the CRI plugin uses); containerd must be
+# running (start_containerd).
+load_image_containerd() {
+    ctr -n k8s.io images check "name==$LAB_IMAGE" 2>/dev/null | grep -q . && return 0
+    note "ctr -n k8s.io images import ($LAB_IMAGE, $LAB_PAUSE_IMAGE)"
+    ctr -n k8s.io images import --platform linux/amd64 "$LAB_IMAGE_DIR/oci-archive.tar" >/dev/null
+}
+
+# ---------------------------------------------------------------- the project
+
+# install_hooks_dir [SRC]: a writable hooks dir (/run/lab/hooks.d) with the
+# repo's hooks.d/*.json, each hook.path rewritten to the same-named binary in
+# $LAB_BIN; podman uses it from now on (containers.conf.d drop-in). Prints the
+# dir; also exported as LAB_HOOKS_DIR (for `podman --hooks-dir`).
+install_hooks_dir() {
+    local src="${1:-$LAB_REPO/hooks.d}" dst=/run/lab/hooks.d f bin
+    [[ -d "$src" ]] || fail "no hooks directory at $src"
+    mkdir -p "$dst"
+    for f in "$src"/*.json; do
+        [[ -f "$f" ]] || fail "no hook JSON files in $src"
+        bin="$LAB_BIN/$(basename "$(jq -r .hook.path "$f")")"
+        [[ -x "$bin" ]] || fail "hook binary $bin (for $(basename "$f")) is missing: build the project first"
+        jq --arg p "$bin" '.hook.path = $p' "$f" >"$dst/$(basename "$f")"
+    done
+    mkdir -p /etc/containers/containers.conf.d
+    printf '[engine]\nhooks_dir = ["%s"]\n' "$dst" >/etc/containers/containers.conf.d/50-lab-hooks.conf
+    on_exit "rm -f /etc/containers/containers.conf.d/50-lab-hooks.conf"
+    export LAB_HOOKS_DIR="$dst"
+    echo "$dst"
+}
+
+# require_binaries NAME...: fail clearly unless the project's binaries are there.
+require_binaries() {
+    local b
+    for b in "$@"; do
+        [[ -x "$LAB_BIN/$b" ]] || fail "$LAB_BIN/$b is missing: build the project (make build)"
+    done
+}

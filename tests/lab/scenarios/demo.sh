@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# demo: a non-root container uses the TPM: reads its identity, draws random
+# bytes, and signs and verifies a message with a key that never leaves the TPM.
+set -euo pipefail
+source "$LAB_LIB"
+
+load_image_podman
+gid=$(tss_gid)
+
+step "podman run --device /dev/tpmrm0 --group-add $gid --user 1000 $LAB_IMAGE"
+run podman run --rm --device /dev/tpmrm0 --group-add "$gid" --user 1000 \
+    -e TPM2TOOLS_TCTI=device:/dev/tpmrm0 "$LAB_IMAGE" bash -euc '
+cd "$(mktemp -d)"
+echo "inside the container: $(id)"
+ls -l /dev/tpmrm0
+echo "TPM manufacturer: $(tpm2_getcap properties-fixed | grep -A2 TPM2_PT_MANUFACTURER | sed -n "s/.*value: //p")"
+echo "random bytes: $(tpm2_getrandom --hex 16)"
+tpm2_createprimary -Q -C o -c primary.ctx
+tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv
+tpm2_load -Q -C primary.ctx -u key.pub -r key.priv -c key.ctx
+echo "hello from a container" > msg
+tpm2_sign -Q -c key.ctx -g sha256 -o msg.sig msg
+tpm2_verifysignature -Q -c key.ctx -g sha256 -s msg.sig -m msg
+echo "signed and verified a message with a TPM-resident ECC key"
+'
