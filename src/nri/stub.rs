@@ -360,10 +360,16 @@ impl Session {
         // Being configured proves registration worked even if its answer
         // has not been read yet.
         self.set_state(State::Configured);
+        // Older runtimes do not send their timeouts (0 here).
+        let timeout = if req.request_timeout > 0 {
+            format!("request timeout {} ms, ", req.request_timeout)
+        } else {
+            String::new()
+        };
         info!(
             runtime = %req.runtime_name, version = %req.runtime_version,
-            "NRI: configured by {} {} (request timeout {} ms, events 0x{events:x})",
-            req.runtime_name, req.runtime_version, req.request_timeout
+            "NRI: configured by {} {} ({timeout}events 0x{events:x})",
+            req.runtime_name, req.runtime_version
         );
         Ok(events)
     }

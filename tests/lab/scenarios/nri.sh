@@ -94,14 +94,23 @@ stop_containerd() {
 }
 
 PLUGIN_PID=""
+# The first plugin runs under strace, keeping the bytes containerd sent it
+# (the source of the unit tests' wire fixtures).
 start_plugin() {
-    "$HOOK" nri "$@" >>"$PLUGIN_LOG" 2>&1 </dev/null &
+    local trace=()
+    if [[ ! -e "$LAB_OUT/nri-wire.strace" ]] && command -v strace >/dev/null; then
+        trace=(strace -o "$LAB_OUT/nri-wire.strace" -e trace=recvfrom,sendto -xx -s 1000000)
+    fi
+    "${trace[@]}" "$HOOK" nri "$@" >>"$PLUGIN_LOG" 2>&1 </dev/null &
     PLUGIN_PID=$!
+    if [[ ${#trace[@]} -gt 0 ]]; then
+        # Signals go to the plugin, not to strace (which would only detach).
+        wait_for 30 "the traced plugin to start" pgrep -P "$PLUGIN_PID"
+        PLUGIN_PID=$(pgrep -P "$PLUGIN_PID" | head -n1)
+    fi
     on_exit "kill $PLUGIN_PID"
     note "plugin started: $HOOK nri $* (pid $PLUGIN_PID)"
 }
-
-synced_count() { grep -c "NRI: synchronized" "$PLUGIN_LOG" 2>/dev/null || true; }
 
 # wait_synced N: until the plugin has been synchronized N times in total.
 wait_synced() {
@@ -165,19 +174,19 @@ with_ms=$(created_ms "$out")
 assert_contains "$(cat "$PLUGIN_LOG")" "granted TPM tpmrm0 ($rm_numbers) as /dev/tpmrm0, group $gid, self-test quick"
 
 step "the container's spec has the device, its allow rule, the env and the hook"
-# The pod is gone; create one that sleeps, and read its spec from containerd.
-"$LAB_CRI" run --name spec --namespace lab --pod-annotation oci-tpm-hook/device=auto --timeout 20 \
-    "$LAB_IMAGE" -- sleep 15 >/dev/null 2>&1 &
+# That pod is gone; make one that sleeps, and read its spec from containerd.
+"$LAB_CRI" run --name spec --namespace lab --pod-annotation oci-tpm-hook/device=auto --timeout 60 \
+    "$LAB_IMAGE" -- sleep 10 >/dev/null 2>&1 &
 cri_pid=$!
-wait_for 60 "the 'spec' container to exist" bash -c "ctr -n k8s.io containers ls -q | while read -r c; do ctr -n k8s.io containers info \$c | jq -e '.Spec.process.env | index(\"TSS2_TCTI=device:/dev/tpmrm0\")' && exit 0; done; exit 1"
-cid=$(ctr -n k8s.io containers ls -q | while read -r c; do
-        ctr -n k8s.io containers info "$c" | jq -e '.Spec.process.env | index("TSS2_TCTI=device:/dev/tpmrm0")' >/dev/null && echo "$c"; done | head -n1)
-spec=$(ctr -n k8s.io containers info "$cid" | jq -c .Spec)
-kill "$cri_pid" 2>/dev/null || true
-wait "$cri_pid" 2>/dev/null || true
+wait_for 60 "the plugin to grant the 'spec' container" grep -q "pod lab/spec, container spec): granted" "$PLUGIN_LOG"
+cid=$(grep "pod lab/spec, container spec): granted" "$PLUGIN_LOG" | sed -n 's/.* container=\([0-9a-f]*\).*/\1/p' | head -n1)
+wait_for 30 "container $cid in containerd" ctr -n k8s.io containers info --spec "$cid"
+spec=$(ctr -n k8s.io containers info --spec "$cid" | jq -c .)
+wait "$cri_pid" || fail "the 'spec' pod failed"
 major=${rm_numbers%%:*} minor=${rm_numbers##*:}
 assert_eq "1" "$(jq "[.linux.devices[] | select(.path==\"/dev/tpmrm0\" and .type==\"c\" and .major==$major and .minor==$minor and .fileMode==432 and .gid==$gid)] | length" <<<"$spec")" "device entries for /dev/tpmrm0"
 assert_eq "1" "$(jq "[.linux.resources.devices[] | select(.allow and .type==\"c\" and .major==$major and .minor==$minor and .access==\"rw\")] | length" <<<"$spec")" "cgroup allow rules for $rm_numbers"
+assert_eq "1" "$(jq '[.process.env[] | select(. == "TSS2_TCTI=device:/dev/tpmrm0" or . == "TPM2TOOLS_TCTI=device:/dev/tpmrm0")] | length / 2' <<<"$spec")" "TCTI env (both variables)"
 assert_eq "$HOOK" "$(jq -r '.hooks.createRuntime[0].path' <<<"$spec")" "createRuntime hook"
 assert_eq '["oci-tpm-hook"]' "$(jq -c '.hooks.createRuntime[0].args' <<<"$spec")" "hook args"
 
@@ -232,12 +241,27 @@ assert_tpm_works "$LAB_OUTPUT"
 
 step "the plugin dies (SIGKILL)"
 kill -KILL "$PLUGIN_PID"
-wait "$PLUGIN_PID" 2>/dev/null || true
+wait_for 10 "the plugin to be gone" bash -c "! kill -0 $PLUGIN_PID"
 sleep 1
 
 step "pods without the annotation still start"
 assert_ok pod plain2 "$LAB_IMAGE" -- bash -c "$probe"
 assert_contains "$LAB_OUTPUT" "no-tpmrm0"
+
+step "plugin down: containerd still hands the request and the hook to the runtime"
+"$LAB_CRI" run --name spec2 --namespace lab --pod-annotation oci-tpm-hook/device=tpmrm0 \
+    --pod-annotation oci-tpm-hook/required=false --timeout 60 "$LAB_IMAGE" -- sleep 5 >/dev/null 2>&1 &
+cri_pid=$!
+spec2_id() { ctr -n k8s.io containers ls -q 'labels."io.kubernetes.pod.name"==spec2,labels."io.kubernetes.container.name"==spec2'; }
+wait_for 60 "the 'spec2' container to exist" bash -c "[[ -n \$(ctr -n k8s.io containers ls -q 'labels.\"io.kubernetes.pod.name\"==spec2,labels.\"io.kubernetes.container.name\"==spec2') ]]"
+spec=$(ctr -n k8s.io containers info --spec "$(spec2_id | head -n1)" | jq -c .)
+sandbox=$(ctr -n k8s.io containers ls -q 'labels."io.kubernetes.pod.name"==spec2,labels."io.cri-containerd.kind"==sandbox' | head -n1)
+sandbox_spec=$(ctr -n k8s.io containers info --spec "$sandbox" | jq -c .)
+wait "$cri_pid" || true
+assert_eq "tpmrm0" "$(jq -r '.annotations["oci-tpm-hook/device"]' <<<"$spec")" "request annotation in the container's spec"
+assert_eq "$HOOK" "$(jq -r '.hooks.createRuntime[0].path' <<<"$spec")" "createRuntime hook from the base spec"
+assert_eq "0" "$(jq '[.linux.devices[]? | select(.path=="/dev/tpmrm0")] | length' <<<"$spec")" "TPM devices in the spec (plugin down)"
+note "the pod sandbox's spec: annotation $(jq -r '.annotations["oci-tpm-hook/device"] // "absent"' <<<"$sandbox_spec"), type $(jq -r '.annotations["io.kubernetes.cri.container-type"]' <<<"$sandbox_spec"), hook $(jq -r '.hooks.createRuntime[0].path // "none"' <<<"$sandbox_spec")"
 
 step "a pod asking for a TPM does not start without one"
 rc=0

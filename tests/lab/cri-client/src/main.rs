@@ -131,7 +131,8 @@ async fn run(client: &mut RuntimeServiceClient<Channel>, o: RunOptions) -> anyho
             namespace: o.namespace.clone(),
             attempt: 0,
         }),
-        hostname: o.name.clone(),
+        // No hostname: with the node's network there is no UTS namespace
+        // to set it in (runc refuses).
         log_directory: log_dir.clone(),
         annotations: o.pod_annotations.clone(),
         linux: Some(LinuxPodSandboxConfig {
