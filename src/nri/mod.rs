@@ -49,7 +49,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "\
-usage: oci-tpm-hook nri [--socket PATH] [--name NAME] [--index NN] [--config FILE] [--no-hook]
+usage: oci-tpm-hook nri [--socket PATH] [--name NAME] [--index NN] [--config FILE]
+                       [--host-root DIR] [--no-hook]
 
 Runs the containerd NRI plugin: containers whose pod asks for a TPM
 (annotation oci-tpm-hook/device) get the host's TPM device, its group and
@@ -59,6 +60,8 @@ the createRuntime hook that self-tests it.
   --name NAME     plugin name (default oci-tpm-hook)
   --index NN      two-digit plugin index; lower runs first (default 10)
   --config FILE   policy file (default $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml)
+  --host-root DIR where the host's /dev, /sys and /etc/group are mounted, when
+                  the plugin runs in a container (default /)
   --no-hook       grant devices without adding the createRuntime hook (for
                   runtimes that refuse OCI hook injection: no self-test)
 
@@ -72,6 +75,9 @@ pub struct Options {
     pub registration: Registration,
     pub config: Option<PathBuf>,
     pub inject_hook: bool,
+    /// Where the host's /dev, /sys and /etc/group are (a DaemonSet mounts
+    /// them under e.g. /host).
+    pub host_root: Option<PathBuf>,
     /// An inherited, connected socket (pre-launched by containerd).
     pub inherited_fd: Option<RawFd>,
 }
@@ -89,6 +95,7 @@ pub fn parse_options(
         },
         config: None,
         inject_hook: true,
+        host_root: None,
         inherited_fd: None,
     };
     let mut it = args.iter();
@@ -108,6 +115,7 @@ pub fn parse_options(
             "--name" => opts.registration.name = value()?,
             "--index" => opts.registration.index = value()?,
             "--config" => opts.config = Some(PathBuf::from(value()?)),
+            "--host-root" => opts.host_root = Some(PathBuf::from(value()?)),
             "--no-hook" => opts.inject_hook = false,
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -150,12 +158,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create a signal descriptor")?;
 
-    let mut plugin = TpmPlugin::new(
-        policy,
-        policy_path.clone(),
-        HostRoots::default(),
-        opts.inject_hook,
-    );
+    let host = match &opts.host_root {
+        None => HostRoots::default(),
+        Some(root) => HostRoots {
+            dev: root.join("dev"),
+            sys: root.join("sys"),
+            group_file: root.join("etc/group"),
+        },
+    };
+    let mut plugin = TpmPlugin::new(policy, policy_path.clone(), host, opts.inject_hook);
     if !opts.inject_hook {
         warn!("hook injection is off (--no-hook): TPM devices are granted without the createRuntime self-test");
     }
@@ -406,6 +417,8 @@ mod tests {
                 "--no-hook",
                 "--config",
                 "/etc/p.toml",
+                "--host-root",
+                "/host",
             ]),
             env(&[]),
         )
@@ -413,6 +426,7 @@ mod tests {
         assert_eq!(o.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(o.registration.index, "20");
         assert_eq!(o.config, Some(PathBuf::from("/etc/p.toml")));
+        assert_eq!(o.host_root, Some(PathBuf::from("/host")));
         assert!(!o.inject_hook);
 
         let o = parse_options(

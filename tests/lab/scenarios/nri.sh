@@ -22,7 +22,7 @@ LAB_CRI="${LAB_CRI:-$LAB_REPO/tests/lab/cri-client/target/release/lab-cri}"
 
 HOOK="$LAB_BIN/oci-tpm-hook"
 NRI_SOCKET=/var/run/nri/nri.sock
-BASE_SPEC=/etc/containerd/oci-tpm-hook-base-spec.json
+BASE_SPEC=/etc/containerd/oci-tpm-hook-base-spec.json   # as in fail-closed.toml
 CONF=/run/lab/containerd/config.toml
 PLUGIN_LOG="$LAB_LOG_DIR/oci-tpm-nri.log"
 gid=$(tss_gid)
@@ -41,31 +41,26 @@ target = "stderr"
 level = "debug"
 TOML
 
-# write_containerd_config [fail-closed]: the containerd config of docs/NRI.md
-# (NRI enabled; with "fail-closed" also the base runtime spec carrying the
-# hook and the annotation passthrough).
+# write_containerd_config [fail-closed]: the lab's containerd config plus the
+# packaged snippets docs/NRI.md tells users to add: NRI enabled, and with
+# "fail-closed" also the base runtime spec and the annotation passthrough.
 write_containerd_config() {
-    local runc_extra=""
+    local runc_extra="" pkg="$LAB_REPO/packaging/containerd"
     if [[ "${1:-}" == fail-closed ]]; then
-        runc_extra="base_runtime_spec = \"$BASE_SPEC\"
-      pod_annotations = [\"oci-tpm-hook/*\"]
-      container_annotations = [\"oci-tpm-hook/*\"]"
+        # The keys of fail-closed.toml, inside the lab's runc table.
+        runc_extra=$(sed -n '/^\[plugins/,$p' "$pkg/fail-closed.toml" | tail -n +2)
     fi
     mkdir -p /run/lab/containerd /etc/nri/conf.d /opt/nri/plugins
-    cat >"$CONF" <<TOML
+    {
+        cat <<TOML
 version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
 [grpc]
   address = "/run/containerd/containerd.sock"
-[plugins."io.containerd.nri.v1.nri"]
-  disable = false
-  disable_connections = false
-  socket_path = "$NRI_SOCKET"
-  plugin_path = "/opt/nri/plugins"
-  plugin_config_path = "/etc/nri/conf.d"
-  plugin_registration_timeout = "5s"
-  plugin_request_timeout = "2s"
+TOML
+        cat "$pkg/nri.toml"
+        cat <<TOML
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$LAB_PAUSE_IMAGE"
   enable_selinux = false
@@ -73,10 +68,11 @@ state = "/run/containerd"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      $runc_extra
+$runc_extra
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
 TOML
+    } >"$CONF"
 }
 
 CONTAINERD_PID=""
@@ -216,8 +212,7 @@ assert_contains "$LAB_OUTPUT" "no-tpmrm0"
 
 step "fail-closed setup: base runtime spec with the hook, annotation passthrough"
 mkdir -p /etc/containerd
-ctr oci spec | jq --arg hook "$HOOK" \
-    '.hooks.createRuntime = [{"path": $hook, "args": ["oci-tpm-hook"], "timeout": 15}]' >"$BASE_SPEC"
+HOOK="$HOOK" "$LAB_REPO/packaging/containerd/make-base-spec.sh" >"$BASE_SPEC"
 run jq -c .hooks "$BASE_SPEC"
 write_containerd_config fail-closed
 
