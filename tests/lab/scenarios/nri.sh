@@ -245,12 +245,13 @@ assert_contains "$LAB_OUTPUT" "no-tpmrm0"
 
 step "plugin down: containerd still hands the request and the hook to the runtime"
 "$LAB_CRI" run --name spec2 --namespace lab --pod-annotation oci-tpm-hook/device=tpmrm0 \
-    --pod-annotation oci-tpm-hook/required=false --timeout 60 "$LAB_IMAGE" -- sleep 5 >/dev/null 2>&1 &
+    --pod-annotation oci-tpm-hook/required=false --timeout 60 "$LAB_IMAGE" -- sleep 5 >/run/lab/spec2.out 2>&1 &
 cri_pid=$!
-spec2_id() { ctr -n k8s.io containers ls -q 'labels."io.kubernetes.pod.name"==spec2,labels."io.kubernetes.container.name"==spec2'; }
-wait_for 60 "the 'spec2' container to exist" bash -c "[[ -n \$(ctr -n k8s.io containers ls -q 'labels.\"io.kubernetes.pod.name\"==spec2,labels.\"io.kubernetes.container.name\"==spec2') ]]"
-spec=$(ctr -n k8s.io containers info --spec "$(spec2_id | head -n1)" | jq -c .)
-sandbox=$(ctr -n k8s.io containers ls -q 'labels."io.kubernetes.pod.name"==spec2,labels."io.cri-containerd.kind"==sandbox' | head -n1)
+# lab-cri names the pod sandbox and the container as soon as they exist.
+wait_for 60 "the 'spec2' container to be created" grep -q "^container .* created" /run/lab/spec2.out
+cid=$(sed -n 's/^container \([0-9a-f]*\) created.*/\1/p' /run/lab/spec2.out)
+sandbox=$(sed -n 's/^pod \([0-9a-f]*\) ready.*/\1/p' /run/lab/spec2.out)
+spec=$(ctr -n k8s.io containers info --spec "$cid" | jq -c .)
 sandbox_spec=$(ctr -n k8s.io containers info --spec "$sandbox" | jq -c .)
 wait "$cri_pid" || true
 assert_eq "tpmrm0" "$(jq -r '.annotations["oci-tpm-hook/device"]' <<<"$spec")" "request annotation in the container's spec"
