@@ -8,10 +8,12 @@
 #     clear message; required=false starts it without a TPM.
 #  2. containerd restarts (now with the fail-closed setup of docs/NRI.md):
 #     the plugin reconnects by itself and the next pod still gets its TPM.
-#  3. The plugin dies: pods without the annotation still start; a pod asking
-#     for a TPM does not start without one.
+#  3. The plugin dies: pods without the annotation still start, and the
+#     request and the hook still reach the runtime.
 #  4. SIGTERM stops the plugin cleanly; the pre-launched layout
 #     (/opt/nri/plugins/10-oci-tpm-hook) works too.
+#  5. No plugin at all: a pod asking for a TPM does not start without one
+#     (the hook alone delivers it or fails the container).
 set -euo pipefail
 source "$LAB_LIB"
 
@@ -259,20 +261,6 @@ assert_eq "$HOOK" "$(jq -r '.hooks.createRuntime[0].path' <<<"$spec")" "createRu
 assert_eq "0" "$(jq '[.linux.devices[]? | select(.path=="/dev/tpmrm0")] | length' <<<"$spec")" "TPM devices in the spec (plugin down)"
 note "the pod sandbox's spec: annotation $(jq -r '.annotations["oci-tpm-hook/device"] // "absent"' <<<"$sandbox_spec"), type $(jq -r '.annotations["io.kubernetes.cri.container-type"]' <<<"$sandbox_spec"), hook $(jq -r '.hooks.createRuntime[0].path // "none"' <<<"$sandbox_spec")"
 
-step "a pod asking for a TPM does not start without one"
-rc=0
-out=$(pod down --pod-annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" -- bash -c "$probe" 2>&1) || rc=$?
-printf '%s\n' "$out"
-if [[ $rc -eq 0 ]]; then
-    # Allowed: the hook alone delivered a working TPM.
-    assert_tpm_works "$out"
-    note "plugin down: the hook alone delivered the TPM"
-else
-    assert_contains "$out" "oci-tpm-hook"
-    assert_not_contains "$out" "no-tpmrm0"
-    note "plugin down: the container failed with the hook's message"
-fi
-
 # ------------------------------------------------------------------ 4. stop, pre-launch
 
 step "SIGTERM stops the plugin cleanly"
@@ -301,6 +289,24 @@ assert_tpm_works "$LAB_OUTPUT"
 stop_containerd
 wait_for 30 "the pre-launched plugin to exit with containerd" \
     bash -c "! pgrep -f '$HOOK nri' >/dev/null"
+
+step "plugin gone again: containerd with the fail-closed setup and no plugin"
+rm -f /opt/nri/plugins/10-oci-tpm-hook
+start_containerd_nri
+
+step "a pod asking for a TPM does not start without one"
+rc=0
+out=$(pod down --pod-annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" -- bash -c "$probe" 2>&1) || rc=$?
+printf '%s\n' "$out"
+if [[ $rc -eq 0 ]]; then
+    # Allowed: the hook alone delivered a working TPM.
+    assert_tpm_works "$out"
+    note "plugin down: the hook alone delivered the TPM"
+else
+    assert_contains "$out" "oci-tpm-hook"
+    assert_not_contains "$out" "no-tpmrm0"
+    note "plugin down: the container failed with the hook's message"
+fi
 
 step "numbers"
 note "CreateContainer through CRI: ${with_ms} ms with a TPM request, ${without_ms} ms without"
