@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PACKAGES="$LAB_DIR/guest-root.packages"
 BAKED_DIR="$LAB_DIR/guest/rootfs"
-KEEP_ROOTS="${LAB_KEEP_ROOTS:-2}"
+KEEP_ROOTS="${LAB_KEEP_ROOTS:-4}"
 
 guest_root_key() {
     local files
@@ -42,7 +42,7 @@ prune_old_guest_roots() {
             flock -n -x 9 || { say "keeping $dir (in use)"; exit 0; }
             say "removing old guest root $dir"
             rm -rf --one-file-system "$dir"
-            rm -f "$lock"
+            rm -f "$lock" "$dir.build-lock"
         ) 9>"$lock"
     done < <(ls -1dt "$LAB_CACHE"/root-*[0-9a-f] 2>/dev/null || true)
 }
@@ -66,7 +66,7 @@ main() {
         mv "$root.tmp" "$root"
         date -u +%FT%TZ >"$root/.lab-complete"
         say "guest root built in $(( $(now) - started )) s: $root"
-    ) 9>"$root.lock"
+    ) 9>"$root.build-lock"
     touch "$root"
     prune_old_guest_roots
     echo "$root"

@@ -12,7 +12,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PACKAGES="$LAB_DIR/image.packages"
-KEEP_IMAGES="${LAB_KEEP_IMAGES:-2}"
+KEEP_IMAGES="${LAB_KEEP_IMAGES:-4}"
 IMAGE_NAME="localhost/tpm-test:latest"
 PAUSE_NAME="localhost/pause:lab"
 IMAGE_PATH_ENV="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -93,7 +93,7 @@ prune_old_images() {
         (
             flock -n -x 9 || { say "keeping $dir (in use)"; exit 0; }
             say "removing old image $dir"
-            rm -rf "$dir" "$dir.lock"
+            rm -rf "$dir" "$dir.lock" "$dir.build-lock"
         ) 9>"$dir.lock"
     done < <(ls -1dt "$LAB_CACHE"/image-*[0-9a-f] 2>/dev/null || true)
 }
@@ -121,7 +121,7 @@ main() {
         mv "$dir.tmp" "$dir"
         date -u +%FT%TZ >"$dir/.lab-complete"
         say "container image built in $(( $(now) - started )) s: $dir"
-    ) 9>"$dir.lock"
+    ) 9>"$dir.build-lock"
     touch "$dir"
     prune_old_images
     echo "$dir"

@@ -285,7 +285,7 @@ main() {
     root=$("$LAB_DIR/build-guest-root.sh")
     image=$("$LAB_DIR/build-image.sh")
     # Shared locks: the cache pruner leaves the root and image alone while we run.
-    exec 8<"$root.lock" 7<"$image.lock"
+    exec 8>>"$root.lock" 7>>"$image.lock"
     flock -s 8
     flock -s 7
 

@@ -19,11 +19,12 @@ mkdir -p "$LAB_LOG_DIR" /run/lab
 
 # ---------------------------------------------------------------- output
 
-# step "what happens next": a visible heading in the scenario's output.
-step() { printf '\n--- %s\n' "$*"; }
+LAB_T0=$(date +%s)
+# step "what happens next": a visible heading, with seconds since the scenario began.
+step() { printf '\n--- [%ss] %s\n' "$(( $(date +%s) - LAB_T0 ))" "$*"; }
 
-# note "text": an informational line.
-note() { printf '    %s\n' "$*"; }
+# note "text": an informational line (on stderr, so helpers can print results on stdout).
+note() { printf '    %s\n' "$*" >&2; }
 
 # run CMD...: print the command, then run it (its output goes to the log).
 run() { printf '+ %s\n' "$*"; "$@"; }
@@ -196,19 +197,55 @@ add_vtpm() {
     echo "$dev"
 }
 
+# wait_for_daemon NAME SECONDS CMD...: like wait_for, for a daemon started with
+# start_daemon; fails at once (with its log) if the daemon exits meanwhile.
+wait_for_daemon() {
+    local name="$1" secs="$2" deadline pid="" i
+    shift 2
+    for i in "${!LAB_DAEMON_NAMES[@]}"; do
+        [[ "${LAB_DAEMON_NAMES[$i]}" == "$name" ]] && pid="${LAB_DAEMON_PIDS[$i]}"
+    done
+    deadline=$(( $(date +%s) + secs ))
+    until "$@" >/dev/null 2>&1; do
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            fail "$name exited before it answered (log: $LAB_LOG_DIR/$name.log)"
+        fi
+        if [[ $(date +%s) -ge $deadline ]]; then
+            fail "timed out after ${secs}s waiting for $name to answer"
+        fi
+        sleep 0.5
+    done
+    note "$name answers"
+}
+
 # ---------------------------------------------------------------- engines
 
 # start_dockerd [JSON]: start dockerd (no network, cgroupfs, overlay2 on tmpfs);
 # JSON is merged over the lab's daemon.json, e.g.
 #   start_dockerd '{"runtimes":{"tpm":{"path":"/lab/bin/oci-tpm-runtime"}}}'
 # Containers need `--network none` (there is no bridge in the guest).
+# dockerd gets its own containerd (/run/lab/docker-containerd/containerd.sock, CRI
+# off), started and awaited here: dockerd's built-in start of containerd gives
+# up after 15 s, too short for a slow emulated guest.
 start_dockerd() {
-    local extra="${1:-}" conf=/run/lab/docker/daemon.json
-    mkdir -p /run/lab/docker
-    jq -n '{
+    local extra="${1:-}" conf=/run/lab/docker/daemon.json ctd=/run/lab/docker-containerd
+    mkdir -p /run/lab/docker "$ctd"
+    cat >"$ctd/config.toml" <<TOML
+version = 2
+root = "/var/lib/docker/containerd"
+state = "$ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$ctd/containerd.sock"
+TOML
+    start_daemon docker-containerd containerd --config "$ctd/config.toml"
+    wait_for_daemon docker-containerd "$LAB_WAIT" ctr --address "$ctd/containerd.sock" version
+
+    jq -n --arg ctd "$ctd/containerd.sock" '{
         "bridge": "none", "iptables": false, "ip6tables": false, "ip-masq": false,
         "exec-opts": ["native.cgroupdriver=cgroupfs"],
         "storage-driver": "overlay2", "data-root": "/var/lib/docker",
+        "containerd": $ctd,
         "hosts": ["unix:///run/docker.sock"]}' >"$conf.base"
     if [[ -n "$extra" ]]; then
         jq -s '.[0] * .[1]' "$conf.base" <(printf '%s' "$extra") >"$conf"
@@ -217,7 +254,7 @@ start_dockerd() {
     fi
     note "dockerd config: $(jq -c . "$conf")"
     start_daemon dockerd dockerd --config-file "$conf"
-    wait_for "$LAB_WAIT" "dockerd to answer" docker version
+    wait_for_daemon dockerd "$LAB_WAIT" docker version
 }
 
 # start_containerd [TOML]: start containerd with the CRI plugin (sandbox image
@@ -247,8 +284,15 @@ state = "/run/containerd"
 TOML
     [[ -n "$extra" ]] && printf '\n%s\n' "$extra" >>"$conf"
     start_daemon containerd containerd --config "$conf"
-    wait_for "$LAB_WAIT" "containerd to answer" ctr version
+    wait_for_daemon containerd "$LAB_WAIT" ctr version
 }
+
+# cri_run [OPTIONS] -- CMD...: run CMD in a one-container pod through
+# containerd's CRI, as a kubelet would (start_containerd and
+# load_image_containerd first); prints its output, exits with its status
+# (125: CRI error, 124: timeout). `cri_run --help` lists the options
+# (--pod-annotation, --annotation, --device, --user, --supplemental-group, ...).
+cri_run() { python3 "$LAB_REPO/tests/lab/guest/cri-run" "$@"; }
 
 # ---------------------------------------------------------------- image
 

@@ -1,0 +1,59 @@
+# oci-tpm-hook — build, check and test.
+#
+#   make demo    set up the host, build, boot the lab VM and show a container using its TPM
+#   make test    format check, clippy, unit tests, then every lab scenario (what CI runs)
+#
+#   make e2e SCENARIO=baseline         one lab scenario (or a space-separated list)
+#
+# The lab needs root (mmdebstrap, qemu, swtpm); see README.md, "Development".
+
+CARGO    ?= cargo
+LAB      := tests/lab
+SCENARIO ?=
+
+.PHONY: all build check unit e2e test demo bench lab-setup lab-roots lab-clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test
+
+# Host tools for the lab (installs only what is missing, and says what).
+lab-setup:
+	$(LAB)/setup-host.sh
+
+# Build (or reuse) the cached guest root and container image.
+lab-roots: lab-setup
+	$(LAB)/build-guest-root.sh >/dev/null
+	$(LAB)/build-image.sh >/dev/null
+
+e2e: lab-setup build
+	$(LAB)/run.sh $(SCENARIO)
+
+# In order, stopping at the first failure.
+test:
+	$(MAKE) check
+	$(MAKE) unit
+	$(MAKE) e2e
+
+demo: lab-setup build
+	$(LAB)/run.sh demo
+
+bench: build
+	@if [ -x tests/bench/run.sh ]; then \
+		tests/bench/run.sh; \
+	else \
+		echo "make bench: tests/bench/run.sh does not exist yet (no benchmarks defined)" >&2; \
+		exit 1; \
+	fi
+
+# Remove the cached guest roots and images (they are rebuilt on the next run).
+lab-clean:
+	rm -rf --one-file-system /var/cache/oci-tpm-hook/lab
