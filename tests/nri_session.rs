@@ -348,3 +348,25 @@ fn wake_descriptor_interrupts_and_session_resumes() {
     runtime.join().unwrap();
     assert_eq!(session.state(), State::Synchronized);
 }
+
+#[test]
+fn synchronize_may_come_late() {
+    // containerd configures the plugins it starts itself at once, but
+    // synchronizes them only when its CRI service is up.
+    let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
+    let mut h = host();
+    let mut session = Session::start(plugin_end, registration()).unwrap();
+    session.set_registration_timeout(Duration::from_millis(300));
+    let runtime = thread::spawn(move || {
+        let mut rt = FakeRuntime::new(runtime_end);
+        rt.accept_registration(None);
+        let resp = rt.call("Configure", api::ConfigureRequest::default().encode());
+        assert!(resp.result().is_ok());
+        thread::sleep(Duration::from_millis(900));
+        let resp = rt.call("Synchronize", api::SynchronizeRequest::default().encode());
+        assert!(resp.result().is_ok());
+    });
+    assert_eq!(session.run(&mut h.plugin, None).unwrap(), Ended::PeerClosed);
+    runtime.join().unwrap();
+    assert_eq!(session.state(), State::Synchronized);
+}

@@ -60,8 +60,8 @@ pub enum Ended {
     Woken,
 }
 
-/// How long we wait for registration and configuration before giving up on
-/// a connection. The runtime's own default is 5 s; ours is a little longer
+/// How long we wait for the RegisterPlugin answer and for Configure before
+/// giving up on a connection. The runtime's own default is 5 s; ours is a little longer
 /// so the runtime, not we, is the one to time out first.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -138,7 +138,7 @@ impl Session {
     /// Overrides how long registration and configuration may take
     /// (counted from now).
     pub fn set_registration_timeout(&mut self, timeout: Duration) {
-        if self.state < State::Synchronized {
+        if self.state < State::Configured {
             self.registration_timeout = timeout;
             self.deadline = Some(Instant::now() + timeout);
         }
@@ -168,7 +168,7 @@ impl Session {
                             if self.state == State::Registering {
                                 "answer RegisterPlugin"
                             } else {
-                                "configure and synchronize the plugin"
+                                "configure the plugin"
                             },
                             self.registration_timeout
                         );
@@ -360,6 +360,10 @@ impl Session {
         // Being configured proves registration worked even if its answer
         // has not been read yet.
         self.set_state(State::Configured);
+        // No deadline for Synchronize: a runtime that starts its plugins
+        // itself configures them at once but synchronizes them only when its
+        // CRI service is up, which takes as long as it takes.
+        self.deadline = None;
         // Older runtimes do not send their timeouts (0 here).
         let timeout = if req.request_timeout > 0 {
             format!("request timeout {} ms, ", req.request_timeout)
@@ -383,7 +387,6 @@ impl Session {
                 self.sync_pods, self.sync_containers
             );
             self.set_state(State::Synchronized);
-            self.deadline = None;
         }
     }
 
