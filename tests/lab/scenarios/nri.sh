@@ -289,8 +289,9 @@ assert_contains "$(cat "$LAB_LOG_DIR/oci-tpm-nri-prelaunched.log")" "using the c
 assert_ok pod prelaunched --pod-annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" -- bash -c "$probe"
 assert_tpm_works "$LAB_OUTPUT"
 stop_containerd
+# Anchored, so that the pattern does not find the bash -c running it.
 wait_for 30 "the pre-launched plugin to exit with containerd" \
-    bash -c "! pgrep -f '$HOOK nri' >/dev/null"
+    bash -c "! pgrep -f '^$HOOK nri' >/dev/null"
 
 step "plugin gone again: containerd with the fail-closed setup and no plugin"
 rm -f /opt/nri/plugins/10-oci-tpm-hook
