@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let result = match sub.as_deref() {
         None | Some("hook") => return hook_main(args),
         Some("selftest") => selftest_cli::main(args),
-        Some("nri") => oci_tpm_hook::nri::main(args),
+        Some("nri") => nri_main(args),
         Some(other) => Err(anyhow::anyhow!("unknown subcommand {other:?}\n{USAGE}")),
     };
     match result {
@@ -93,6 +93,18 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn nri_main(args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
+    let args = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    oci_tpm_hook::nri::run(&args)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn usage_error(e: lexopt::Error) -> ExitCode {

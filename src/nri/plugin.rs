@@ -1,0 +1,465 @@
+//! The TPM plugin: turns a container's request into an NRI adjustment.
+//!
+//! Everything that decides lives in [`crate::grant::decide`]; this file only
+//! reads the NRI messages into a [`Subject`] and writes the [`Grant`] back
+//! as a device, environment and the createRuntime hook that self-tests it.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::PathBuf;
+
+use tracing::{info, warn};
+
+use super::api::{self, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, LinuxDevice};
+use super::stub::Plugin;
+use super::ttrpc::{code, Status};
+use crate::grant::{decide, Grant, Subject};
+use crate::host::HostRoots;
+use crate::policy::{self, Policy};
+use crate::request::PREFIX;
+
+/// How much longer than the self-test the hook may take: host validation,
+/// forking into the container, making the node.
+const HOOK_TIMEOUT_MARGIN_SECS: i64 = 5;
+
+pub struct TpmPlugin {
+    pub policy: Policy,
+    /// Where the policy came from; passed on to the hook when it is not the
+    /// default, so both judge by the same file.
+    pub policy_path: PathBuf,
+    pub host: HostRoots,
+    /// Add the createRuntime hook (off where the runtime refuses hook
+    /// injection; the device is granted either way).
+    pub inject_hook: bool,
+    /// The hook binary was missing at the last grant: warn once per change.
+    hook_missing: bool,
+}
+
+impl TpmPlugin {
+    pub fn new(policy: Policy, policy_path: PathBuf, host: HostRoots, inject_hook: bool) -> Self {
+        Self {
+            policy,
+            policy_path,
+            host,
+            inject_hook,
+            hook_missing: false,
+        }
+    }
+
+    /// The hook to add for a grant, if any.
+    fn hook_for(&mut self, grant: &Grant) -> Option<Hook> {
+        if !self.inject_hook {
+            return None;
+        }
+        let path = &self.policy.hook.path;
+        // A missing hook binary would make the runtime fail every container
+        // that asks for a TPM; grant the device without the self-test and
+        // say so (once, until it is back).
+        let missing = !path.is_file();
+        if missing != self.hook_missing {
+            self.hook_missing = missing;
+            if missing {
+                warn!(
+                    "hook {} does not exist: TPM devices are granted without the createRuntime self-test until it is installed ([hook] path in the policy)",
+                    path.display()
+                );
+            } else {
+                info!("hook {} is back: self-tests resume", path.display());
+            }
+        }
+        if missing {
+            return None;
+        }
+        let mut env = Vec::new();
+        if self.policy_path != std::path::Path::new(policy::DEFAULT_PATH) {
+            env.push(format!(
+                "{}={}",
+                policy::PATH_ENV,
+                self.policy_path.display()
+            ));
+        }
+        let timeout = grant.timeout.as_secs_f64().ceil() as i64 + HOOK_TIMEOUT_MARGIN_SECS;
+        Some(Hook {
+            path: path.display().to_string(),
+            // argv0 and no subcommand: hook mode.
+            args: vec!["oci-tpm-hook".into()],
+            env,
+            timeout: Some(timeout),
+        })
+    }
+}
+
+impl Plugin for TpmPlugin {
+    fn configure(&mut self, req: &api::ConfigureRequest) -> Result<i32, Status> {
+        if !req.config.trim().is_empty() {
+            warn!("NRI: ignoring the plugin configuration the runtime passed; the policy file is the only configuration");
+        }
+        Ok(api::event_mask(api::EVENT_CREATE_CONTAINER))
+    }
+
+    fn create_container(
+        &mut self,
+        req: &CreateContainerRequest,
+    ) -> Result<Option<ContainerAdjustment>, Status> {
+        let Some(subject) = subject(req) else {
+            return Ok(None); // the fast path: nothing asked, nothing to do
+        };
+        match decide(&subject, &self.policy, &self.host) {
+            Ok(None) => Ok(None),
+            Ok(Some(grant)) => {
+                let hook = self.hook_for(&grant);
+                let adjust = adjustment(&grant, hook, &req.container.hooks);
+                let hook_path = self.policy.hook.path.display().to_string();
+                let self_test =
+                    if has_hook(&req.container.hooks, &hook_path) || adjust.hooks.is_some() {
+                        grant.self_test.to_string()
+                    } else {
+                        "skipped (no hook)".to_string()
+                    };
+                info!(
+                    container = %req.container.id,
+                    "{}: granted TPM {} ({}:{}) as {}, group {}, self-test {self_test}",
+                    subject.describe(),
+                    grant.device.name,
+                    grant.device.major,
+                    grant.device.minor,
+                    grant.container_path.display(),
+                    grant.gid,
+                );
+                Ok(Some(adjust))
+            }
+            Err(refusal) if refusal.required => {
+                warn!(container = %req.container.id, "refused: {refusal}");
+                Err(Status::new(
+                    code::FAILED_PRECONDITION,
+                    format!("oci-tpm-hook: {refusal}"),
+                ))
+            }
+            Err(refusal) => {
+                warn!(
+                    container = %req.container.id,
+                    "{refusal}; starting it without a TPM (oci-tpm-hook/required=false)"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads the container as the shared core sees it, or `None` at once when
+/// neither the pod nor the container carries an `oci-tpm-hook/` annotation.
+///
+/// Pod annotations come first and the container's win: in Kubernetes the
+/// request is a pod annotation; containerd may also copy it into the
+/// container's (`pod_annotations` passthrough).
+pub fn subject(req: &CreateContainerRequest) -> Option<Subject> {
+    let (pod, container) = (&req.pod, &req.container);
+    if !asks(&pod.annotations) && !asks(&container.annotations) {
+        return None;
+    }
+    let mut annotations = pod.annotations.clone();
+    annotations.extend(
+        container
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    // For messages that name the pod, when the runtime did not copy it.
+    if !pod.name.is_empty() {
+        annotations
+            .entry("io.kubernetes.cri.sandbox-name".into())
+            .or_insert_with(|| pod.name.clone());
+    }
+    let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Some(Subject {
+        id: container.id.clone(),
+        annotations,
+        container_name: non_empty(&container.name),
+        pod_namespace: non_empty(&pod.namespace),
+    })
+}
+
+fn asks(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .range::<str, _>((Bound::Included(PREFIX), Bound::Unbounded))
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(PREFIX))
+}
+
+fn has_hook(hooks: &Hooks, path: &str) -> bool {
+    hooks.create_runtime.iter().any(|h| h.path == path)
+}
+
+/// The adjustment for a grant: the device node (the runtime adds the
+/// matching device-cgroup allow rule itself), the TCTI environment, and the
+/// hook unless the container already has it (the fail-closed base runtime
+/// spec puts it there).
+pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> ContainerAdjustment {
+    let hooks = hook
+        .filter(|h| !has_hook(existing, &h.path))
+        .map(|h| Hooks {
+            create_runtime: vec![h],
+            ..Default::default()
+        });
+    ContainerAdjustment {
+        env: grant
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        hooks,
+        linux: Some(api::LinuxContainerAdjustment {
+            devices: vec![LinuxDevice {
+                path: grant.container_path.display().to_string(),
+                kind: "c".into(),
+                major: i64::from(grant.device.major),
+                minor: i64::from(grant.device.minor),
+                file_mode: Some(grant.mode),
+                uid: Some(0),
+                gid: Some(grant.gid),
+            }],
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nri::api::{Container, PodSandbox};
+    use std::fs;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        plugin: TpmPlugin,
+        hook: String,
+    }
+
+    /// A host with tpmrm0 = 253:65536, group tss = 102, and a hook binary.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoots {
+            dev: dir.path().join("dev"),
+            sys: dir.path().join("sys"),
+            group_file: dir.path().join("group"),
+        };
+        fs::create_dir_all(host.sys.join("class/tpmrm/tpmrm0")).unwrap();
+        fs::write(host.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
+        fs::create_dir_all(&host.dev).unwrap();
+        // /dev/null stands in for the device node: a real character device.
+        std::os::unix::fs::symlink("/dev/null", host.dev.join("tpmrm0")).unwrap();
+        fs::write(&host.group_file, "tss:x:102:\n").unwrap();
+        let hook = dir.path().join("oci-tpm-hook");
+        fs::write(&hook, "").unwrap();
+        let mut policy = Policy::default();
+        policy.hook.path = hook.clone();
+        let plugin = TpmPlugin::new(policy, policy::DEFAULT_PATH.into(), host, true);
+        Fixture {
+            _dir: dir,
+            plugin,
+            hook: hook.display().to_string(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn request(pod: &[(&str, &str)], container: &[(&str, &str)]) -> CreateContainerRequest {
+        CreateContainerRequest {
+            pod: PodSandbox {
+                id: "pod0".into(),
+                name: "licence".into(),
+                namespace: "attest".into(),
+                annotations: map(pod),
+                ..Default::default()
+            },
+            container: Container {
+                id: "0123456789abcdef".into(),
+                pod_sandbox_id: "pod0".into(),
+                name: "app".into(),
+                annotations: map(container),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn device(a: &ContainerAdjustment) -> &LinuxDevice {
+        &a.linux.as_ref().unwrap().devices[0]
+    }
+
+    #[test]
+    fn no_request_is_an_empty_answer() {
+        let mut f = fixture();
+        let req = request(
+            &[("other/key", "x")],
+            &[("io.kubernetes.cri.container-name", "app")],
+        );
+        assert!(subject(&req).is_none(), "fast path");
+        assert_eq!(f.plugin.create_container(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn pod_request_gets_device_env_and_hook() {
+        let mut f = fixture();
+        let req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(
+            device(&a),
+            &LinuxDevice {
+                path: "/dev/tpmrm0".into(),
+                kind: "c".into(),
+                major: 1,
+                minor: 3,
+                file_mode: Some(0o660),
+                uid: Some(0),
+                gid: Some(102),
+            }
+        );
+        assert_eq!(
+            a.env,
+            [
+                (
+                    "TPM2TOOLS_TCTI".to_string(),
+                    "device:/dev/tpmrm0".to_string()
+                ),
+                ("TSS2_TCTI".to_string(), "device:/dev/tpmrm0".to_string())
+            ]
+        );
+        let hooks = a.hooks.unwrap();
+        assert_eq!(hooks.create_runtime.len(), 1);
+        let h = &hooks.create_runtime[0];
+        assert_eq!(h.path, f.hook);
+        assert_eq!(h.args, ["oci-tpm-hook"]);
+        assert!(h.env.is_empty(), "default policy path: nothing to pass");
+        assert_eq!(h.timeout, Some(10), "5 s self-test + 5 s margin");
+        assert!(hooks.prestart.is_empty() && hooks.poststop.is_empty());
+    }
+
+    #[test]
+    fn container_annotation_wins_and_per_container_form_applies() {
+        let mut f = fixture();
+        // The pod says tpmrm9 (absent), the container overrides with auto.
+        let req = request(
+            &[("oci-tpm-hook/device", "tpmrm9")],
+            &[("oci-tpm-hook/device", "auto")],
+        );
+        assert!(f.plugin.create_container(&req).unwrap().is_some());
+
+        // Per-container form names this container (NRI gives its name).
+        let req = request(&[("oci-tpm-hook/device.app", "tpmrm0")], &[]);
+        assert!(f.plugin.create_container(&req).unwrap().is_some());
+        // … and not another one.
+        let req = request(&[("oci-tpm-hook/device.sidecar", "tpmrm0")], &[]);
+        assert_eq!(f.plugin.create_container(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn required_refusal_fails_with_a_clear_message() {
+        let mut f = fixture();
+        let req = request(&[("oci-tpm-hook/device", "tpmrm7")], &[]);
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert_eq!(status.code, code::FAILED_PRECONDITION);
+        for part in [
+            "oci-tpm-hook:",
+            "0123456789ab",
+            "attest/licence",
+            "app",
+            "tpmrm7",
+        ] {
+            assert!(
+                status.message.contains(part),
+                "{part:?} not in {}",
+                status.message
+            );
+        }
+        // A malformed request always fails, whatever `required` says.
+        let req = request(
+            &[
+                ("oci-tpm-hook/device", "tpmrm0"),
+                ("oci-tpm-hook/required", "maybe"),
+            ],
+            &[],
+        );
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert!(
+            status.message.contains("oci-tpm-hook/required"),
+            "{}",
+            status.message
+        );
+    }
+
+    #[test]
+    fn optional_refusal_starts_without_tpm() {
+        let mut f = fixture();
+        let req = request(
+            &[
+                ("oci-tpm-hook/device", "tpmrm7"),
+                ("oci-tpm-hook/required", "false"),
+            ],
+            &[],
+        );
+        assert_eq!(f.plugin.create_container(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn namespace_policy_uses_the_pod_namespace() {
+        let mut f = fixture();
+        f.plugin.policy.kubernetes.namespaces = vec!["prod".into()];
+        let req = request(&[("oci-tpm-hook/device", "auto")], &[]);
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert!(status.message.contains("\"attest\""), "{}", status.message);
+    }
+
+    #[test]
+    fn hook_not_added_twice_missing_or_disabled() {
+        let mut f = fixture();
+        let mut req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        // Already there from the base runtime spec (the fail-closed setup).
+        req.container.hooks.create_runtime.push(Hook {
+            path: f.hook.clone(),
+            args: vec!["oci-tpm-hook".into()],
+            ..Default::default()
+        });
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(a.hooks, None);
+        assert!(a.linux.is_some(), "the device is still added");
+
+        let req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        f.plugin.inject_hook = false;
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(a.hooks, None);
+        assert_eq!(device(&a).gid, Some(102));
+
+        f.plugin.inject_hook = true;
+        f.plugin.policy.hook.path = "/nonexistent/oci-tpm-hook".into();
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        assert_eq!(a.hooks, None, "a missing hook would fail the container");
+        assert!(f.plugin.hook_missing);
+        assert!(a.linux.is_some());
+    }
+
+    #[test]
+    fn non_default_policy_is_passed_to_the_hook() {
+        let mut f = fixture();
+        f.plugin.policy_path = "/etc/tpm/policy.toml".into();
+        f.plugin.policy.self_test.timeout_ms = 12_500;
+        let req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
+        let a = f.plugin.create_container(&req).unwrap().unwrap();
+        let h = &a.hooks.unwrap().create_runtime[0];
+        assert_eq!(h.env, ["OCI_TPM_HOOK_CONFIG=/etc/tpm/policy.toml"]);
+        assert_eq!(h.timeout, Some(18), "12.5 s rounded up + 5 s");
+    }
+
+    #[test]
+    fn configure_subscribes_to_create_container_only() {
+        let mut f = fixture();
+        let events = f
+            .plugin
+            .configure(&api::ConfigureRequest::default())
+            .unwrap();
+        assert_eq!(events, 1 << 3);
+    }
+}

@@ -1,0 +1,338 @@
+//! ttrpc: the small RPC protocol NRI speaks on each multiplexed connection.
+//!
+//! A message is a 10-byte header — `u32 BE length` (payload only),
+//! `u32 BE stream id`, `u8 type`, `u8 flags` — and a protobuf payload. A
+//! unary call is one Request message on a new odd stream id (client-chosen,
+//! increasing) answered by one Response message on the same id. NRI uses
+//! unary calls only; a streaming call is answered with "unimplemented".
+
+use std::fmt;
+
+use super::proto::{DecodeError, Reader, Writer};
+
+pub const HEADER_LEN: usize = 10;
+/// The largest payload ttrpc accepts (4 MiB).
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+pub const TYPE_REQUEST: u8 = 1;
+pub const TYPE_RESPONSE: u8 = 2;
+pub const TYPE_DATA: u8 = 3;
+
+/// The sender closed its side: set on unary requests.
+pub const FLAG_REMOTE_CLOSED: u8 = 0x1;
+/// The sender opens a stream: a streaming call, which NRI never makes.
+pub const FLAG_REMOTE_OPEN: u8 = 0x2;
+
+/// gRPC status codes used here (ttrpc reuses google.rpc.Status).
+pub mod code {
+    pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const FAILED_PRECONDITION: i32 = 9;
+    pub const UNIMPLEMENTED: i32 = 12;
+    pub const INTERNAL: i32 = 13;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub stream_id: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.stream_id.to_be_bytes());
+        out.push(self.kind);
+        out.push(self.flags);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    Oversize(u32),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oversize(n) => write!(
+                f,
+                "ttrpc message of {n} bytes exceeds the {MAX_MESSAGE}-byte limit"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Cuts one logical connection's byte stream into ttrpc messages.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[0..4].try_into().unwrap());
+        if len as usize > MAX_MESSAGE {
+            return Err(FrameError::Oversize(len));
+        }
+        let end = HEADER_LEN + len as usize;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let msg = Message {
+            stream_id: u32::from_be_bytes(self.buf[4..8].try_into().unwrap()),
+            kind: self.buf[8],
+            flags: self.buf[9],
+            payload: self.buf[HEADER_LEN..end].to_vec(),
+        };
+        self.buf.drain(..end);
+        Ok(Some(msg))
+    }
+
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// ttrpc's Request: which method, and its protobuf-encoded argument.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    pub service: String,
+    pub method: String,
+    pub payload: Vec<u8>,
+    pub timeout_nano: i64,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.string(1, &self.service);
+        w.string(2, &self.method);
+        w.bytes(3, &self.payload);
+        w.int64(4, self.timeout_nano);
+        for (k, v) in &self.metadata {
+            let mut kv = Writer::new();
+            kv.string(1, k);
+            kv.string(2, v);
+            w.message(5, &kv.finish());
+        }
+        w.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let mut req = Self::default();
+        while let Some((f, v)) = r.next_field()? {
+            match f {
+                1 => req.service = v.as_string(f)?,
+                2 => req.method = v.as_string(f)?,
+                3 => req.payload = v.as_bytes(f)?.to_vec(),
+                4 => req.timeout_nano = v.as_i64(f)?,
+                5 => req.metadata.push(super::proto::map_entry(v.as_bytes(f)?)?),
+                _ => {}
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// google.rpc.Status, without the details (nothing here needs them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Status {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.int32(1, self.code);
+        w.string(2, &self.message);
+        w.finish()
+    }
+
+    fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let mut s = Self::default();
+        while let Some((f, v)) = r.next_field()? {
+            match f {
+                1 => s.code = v.as_i32(f)?,
+                2 => s.message = v.as_string(f)?,
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "code {}: {}", self.code, self.message)
+    }
+}
+
+/// ttrpc's Response: a status (absent = OK) and the result message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    pub status: Option<Status>,
+    pub payload: Vec<u8>,
+}
+
+impl Response {
+    pub fn ok(payload: Vec<u8>) -> Self {
+        Self {
+            status: None,
+            payload,
+        }
+    }
+
+    pub fn error(status: Status) -> Self {
+        Self {
+            status: Some(status),
+            payload: Vec::new(),
+        }
+    }
+
+    /// The call's result: its payload, or the error status.
+    pub fn result(self) -> Result<Vec<u8>, Status> {
+        match self.status {
+            Some(s) if s.code != code::OK => Err(s),
+            _ => Ok(self.payload),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        if let Some(s) = &self.status {
+            w.message(1, &s.encode());
+        }
+        w.bytes(2, &self.payload);
+        w.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let mut resp = Self::default();
+        while let Some((f, v)) = r.next_field()? {
+            match f {
+                1 => resp.status = Some(Status::decode(v.as_bytes(f)?)?),
+                2 => resp.payload = v.as_bytes(f)?.to_vec(),
+                _ => {}
+            }
+        }
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout() {
+        let m = Message {
+            stream_id: 3,
+            kind: TYPE_REQUEST,
+            flags: FLAG_REMOTE_CLOSED,
+            payload: b"xy".to_vec(),
+        };
+        assert_eq!(m.encode(), [0, 0, 0, 2, 0, 0, 0, 3, 1, 1, b'x', b'y']);
+    }
+
+    #[test]
+    fn decoder_reassembles_split_and_joined_messages() {
+        let a = Message {
+            stream_id: 1,
+            kind: TYPE_REQUEST,
+            flags: 1,
+            payload: vec![7; 5000],
+        };
+        let b = Message {
+            stream_id: 3,
+            kind: TYPE_RESPONSE,
+            flags: 0,
+            payload: vec![],
+        };
+        let mut wire = a.encode();
+        wire.extend(b.encode());
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(777) {
+            d.push(chunk);
+            while let Some(m) = d.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, [a, b]);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn decoder_rejects_oversize() {
+        let mut d = Decoder::new();
+        let mut hdr = ((MAX_MESSAGE + 1) as u32).to_be_bytes().to_vec();
+        hdr.extend([0, 0, 0, 1, 1, 0]);
+        d.push(&hdr);
+        assert_eq!(
+            d.next_message(),
+            Err(FrameError::Oversize(MAX_MESSAGE as u32 + 1))
+        );
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let r = Request {
+            service: "nri.pkg.api.v1alpha1.Runtime".into(),
+            method: "RegisterPlugin".into(),
+            payload: vec![0x0a, 0x01, b'x'],
+            timeout_nano: 5_000_000_000,
+            metadata: vec![("k".into(), "v".into())],
+        };
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn response_round_trip_and_result() {
+        let ok = Response::ok(vec![0x10, 0x08]);
+        assert_eq!(Response::decode(&ok.encode()).unwrap(), ok);
+        assert_eq!(ok.result().unwrap(), [0x10, 0x08]);
+
+        let bad = Response::error(Status::new(code::FAILED_PRECONDITION, "no TPM"));
+        let decoded = Response::decode(&bad.encode()).unwrap();
+        assert_eq!(decoded, bad);
+        assert_eq!(decoded.result().unwrap_err().message, "no TPM");
+
+        // A status with code 0 is success, whatever else it carries.
+        let zero = Response {
+            status: Some(Status::new(code::OK, "")),
+            payload: vec![1],
+        };
+        assert_eq!(zero.result().unwrap(), [1]);
+    }
+}
