@@ -115,7 +115,36 @@ struct InContainer {
     self_test: Option<SelfTestReport>,
 }
 
+/// What the hook does needs these; a hook run without them (rootless
+/// engines run hooks inside the user's namespace) gets a clear message
+/// instead of an EPERM from deep inside.
+const NEEDED_CAPS: [caps::Capability; 4] = [
+    caps::Capability::CAP_SYS_ADMIN, // setns, mount, bpf
+    caps::Capability::CAP_MKNOD,
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_FOWNER,
+];
+
+fn check_privileges() -> anyhow::Result<()> {
+    let effective =
+        caps::read(None, caps::CapSet::Effective).context("cannot read the hook's capabilities")?;
+    let missing: Vec<String> = NEEDED_CAPS
+        .iter()
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the hook runs without {} (rootless engines run hooks without host privileges): \
+             give the device with --device and --group-add instead, or run the container with a rootful engine",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::Result<Delivery> {
+    check_privileges()?;
     let bundle = BundleSpec::load(&state.bundle)?;
     let rootfs = bundle.rootfs()?;
     let (major, minor) = (grant.device.major, grant.device.minor);
