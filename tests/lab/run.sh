@@ -58,6 +58,21 @@ choose_scenarios() {
         [[ -f "$SCENARIO_DIR/$name.sh" ]] \
             || die "unknown scenario '$name' (have: $(all_scenarios | paste -sd' ' -))"
     done
+    move_run_last_scenarios_to_the_end
+}
+
+# A scenario that changes the guest for good (e.g. mounts cgroup v1
+# controllers) says so with a line "# lab: run-last"; it runs after the others.
+move_run_last_scenarios_to_the_end() {
+    local name first=() last=()
+    for name in "${SCENARIOS[@]}"; do
+        if grep -q '^# lab: run-last' "$SCENARIO_DIR/$name.sh"; then
+            last+=("$name")
+        else
+            first+=("$name")
+        fi
+    done
+    SCENARIOS=("${first[@]}" "${last[@]}")
 }
 
 # ---------------------------------------------------------------- run dir
