@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# lab: run-last (it leaves cgroup v1 controllers bound until the guest powers off)
 # runc-cgroupv1: the hook on a cgroup v1 devices hierarchy. The guest boots
 # with cgroup v2 only; this scenario shadows /sys/fs/cgroup with a v1 layout
 # (devices and freezer hierarchies: controllers cgroup v2 does not own), runs
