@@ -11,7 +11,7 @@ CARGO    ?= cargo
 LAB      := tests/lab
 SCENARIO ?=
 
-.PHONY: all build check unit e2e test demo bench lab-setup lab-roots lab-clean
+.PHONY: all build check unit e2e test demo bench deb lab-setup lab-roots lab-clean
 
 all: build
 
@@ -41,19 +41,20 @@ e2e: lab-setup build
 test:
 	$(MAKE) check
 	$(MAKE) unit
+	$(MAKE) deb
 	$(MAKE) e2e
 
 demo: lab-setup build
 	$(LAB)/run.sh demo
 
-bench: build
-	@if [ -x tests/bench/run.sh ]; then \
-		tests/bench/run.sh; \
-	else \
-		echo "make bench: tests/bench/run.sh does not exist yet (no benchmarks defined)" >&2; \
-		exit 1; \
-	fi
+# A Debian package of the release binaries, hooks.d file and policy (checked as it is built).
+deb: build
+	packaging/deb/build.sh
+
+# Speed and memory, measured on this host and in the lab (see tests/bench/run.sh).
+bench: lab-setup build
+	tests/bench/run.sh
 
 # Remove the cached guest roots and images (they are rebuilt on the next run).
 lab-clean:
-	rm -rf --one-file-system /var/cache/oci-tpm-hook/lab
+	rm -rf --one-file-system "$${LAB_CACHE:-/var/cache/oci-tpm-hook/lab}"

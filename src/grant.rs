@@ -46,7 +46,13 @@ impl Subject {
     /// message names the container.
     pub fn describe(&self) -> String {
         let r = self.requester();
-        let short: String = self.id.chars().take(12).collect();
+        // Engines show 64-hex-digit ids by their first 12 digits; other ids
+        // (runc's, CRI's names) are shown whole.
+        let short = if self.id.len() == 64 && self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            &self.id[..12]
+        } else {
+            self.id.as_str()
+        };
         match (&r.pod_namespace, &r.pod_name, &r.container_name) {
             (Some(ns), Some(pod), Some(c)) => {
                 format!("container {short} (pod {ns}/{pod}, container {c})")

@@ -1,12 +1,110 @@
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("nri") => {
-            if let Err(e) = oci_tpm_hook::nri::run(&args[2..]) {
-                eprintln!("oci-tpm-hook nri: {e:#}");
-                std::process::exit(1);
-            }
-        }
-        _ => println!("oci-tpm-hook"),
+//! `oci-tpm-hook`: the createRuntime hook (default), and its subcommands.
+//!
+//! ```text
+//! oci-tpm-hook [hook] [--config PATH]       OCI state on stdin (runtimes call this)
+//! oci-tpm-hook selftest [--device PATH] [--level quick|full] [--timeout-ms N] [--json]
+//! oci-tpm-hook nri [--socket PATH] [--config PATH]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use oci_tpm_hook::hook::{self, HookResult};
+use oci_tpm_hook::host::HostRoots;
+use oci_tpm_hook::selftest_cli;
+
+const USAGE: &str = "usage:
+  oci-tpm-hook [hook] [--config PATH]     createRuntime hook: OCI state on stdin
+  oci-tpm-hook selftest [--device PATH] [--level quick|full] [--timeout-ms N] [--json]
+  oci-tpm-hook nri [--socket PATH] [--config PATH]
+  oci-tpm-hook --version";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1).peekable();
+    let sub = args
+        .peek()
+        .and_then(|a| a.to_str())
+        .filter(|a| !a.starts_with('-'))
+        .map(str::to_owned);
+    if sub.is_some() {
+        args.next();
     }
+    let args: Vec<_> = args.collect();
+    let result = match sub.as_deref() {
+        None | Some("hook") => return hook_main(args),
+        Some("selftest") => selftest_cli::main(args),
+        Some("nri") => oci_tpm_hook::nri::main(args),
+        Some(other) => Err(anyhow::anyhow!("unknown subcommand {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("oci-tpm-hook: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The hook runs with the runtime's privileges next to a container image it
+/// must not trust: it starts from a clean slate (no inherited environment,
+/// cwd `/`) before reading anything.
+fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let mut config: Option<PathBuf> =
+        std::env::var_os(oci_tpm_hook::policy::PATH_ENV).map(PathBuf::from);
+    let mut parser = lexopt::Parser::from_args(args);
+    loop {
+        match parser.next() {
+            Ok(None) => break,
+            Ok(Some(lexopt::Arg::Long("config"))) => match parser.value() {
+                Ok(v) => config = Some(v.into()),
+                Err(e) => return usage_error(e),
+            },
+            Ok(Some(lexopt::Arg::Long("version"))) => {
+                println!("oci-tpm-hook {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Some(other)) => return usage_error(other.unexpected()),
+            Err(e) => return usage_error(e),
+        }
+    }
+    scrub_process_environment();
+
+    match hook::run(
+        std::io::stdin().lock(),
+        config.as_deref(),
+        &HostRoots::default(),
+    ) {
+        Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,
+        Ok(HookResult::SkippedOptional(msg)) => {
+            // Already in the log as a warning (hook::skip_optional).
+            eprintln!("oci-tpm-hook: warning: {msg}; the container starts without a TPM (oci-tpm-hook/required=false)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // runc shows this to the user (podman, docker, kubelet); crun
+            // does not, so the host's log gets it too.
+            let message = format!("{e:#}");
+            eprintln!("oci-tpm-hook: {message}");
+            oci_tpm_hook::log::error_also_to_log(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(e: lexopt::Error) -> ExitCode {
+    eprintln!("oci-tpm-hook: {e}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn scrub_process_environment() {
+    // Single-threaded here, so changing the environment races with nothing.
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let _ = std::env::set_current_dir("/");
 }

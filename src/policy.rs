@@ -102,6 +102,8 @@ pub enum LogTarget {
     Auto,
     Journald,
     Stderr,
+    /// Append to `[log] file`: for hosts without journald.
+    File,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -110,6 +112,8 @@ pub struct LogPolicy {
     pub target: LogTarget,
     /// error, warn, info, debug or trace.
     pub level: String,
+    /// With `target = "file"`: the file events are appended to.
+    pub file: Option<PathBuf>,
 }
 
 impl Default for DevicePolicy {
@@ -158,6 +162,7 @@ impl Default for LogPolicy {
         Self {
             target: LogTarget::Auto,
             level: "info".into(),
+            file: None,
         }
     }
 }
@@ -231,6 +236,12 @@ impl Policy {
                 "[log] level = {:?}: allowed error, warn, info, debug, trace",
                 self.log.level
             );
+        }
+        match (&self.log.target, &self.log.file) {
+            (LogTarget::File, Some(f)) if f.is_absolute() => {}
+            (LogTarget::File, _) => bail!("[log] target = \"file\" needs an absolute `file` path"),
+            (_, Some(_)) => bail!("[log] file is only used with target = \"file\""),
+            _ => {}
         }
         if self.runtime.path.is_empty() {
             bail!("[runtime] path is empty");
@@ -354,6 +365,8 @@ mod tests {
             "[node]\ngroup = \"a:b\"",
             "[log]\nlevel = \"loud\"",
             "[hook]\npath = \"relative\"",
+            "[log]\ntarget = \"file\"",
+            "[log]\nfile = \"/var/log/x\"",
             "not toml at all [",
         ] {
             assert!(Policy::parse(bad).is_err(), "accepted: {bad}");
@@ -386,6 +399,12 @@ mod tests {
         assert_eq!(p.self_test_level(&req), SelfTestLevel::Quick);
         req.self_test = Some(SelfTestLevel::None);
         assert_eq!(p.self_test_level(&req), SelfTestLevel::None);
+    }
+
+    #[test]
+    fn shipped_example_is_the_defaults() {
+        let text = include_str!("../packaging/config.toml");
+        assert_eq!(Policy::parse(text).unwrap(), Policy::default());
     }
 
     #[test]

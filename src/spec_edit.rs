@@ -1,1 +1,738 @@
-//! TODO
+//! Lossless edits of an OCI bundle's `config.json`.
+//!
+//! The spec is handled as a `serde_json::Value` (with `preserve_order`), never
+//! as typed structs: a typed round trip drops every field the structs do not
+//! know, and the engine that wrote the file may know more than we do. Only
+//! the keys a [`Grant`] needs are added; everything else keeps its value and
+//! its place.
+//!
+//! [`apply`] is pure so every spec-editing front-end can share it; [`SpecFile`]
+//! is the thin file layer: it rewrites the file only when something changed,
+//! atomically, with the original mode and owner.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Map, Value};
+
+use crate::grant::Grant;
+
+/// The createRuntime hook entry a spec-editing front-end adds, so that the
+/// hook validates the device and runs the self-test inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookEntry {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs; runtimes give hooks this environment and nothing else.
+    pub env: Vec<String>,
+    /// Seconds the runtime waits for the hook before killing it.
+    pub timeout: Option<u64>,
+}
+
+/// Head room the hook gets above the self-test's own deadline, for host
+/// validation and joining the container before the test starts.
+const HOOK_TIMEOUT_MARGIN_SECS: u64 = 5;
+
+impl HookEntry {
+    /// The entry for `oci-tpm-hook` in hook mode (argv0 only, no subcommand),
+    /// with a timeout a little above the grant's self-test deadline.
+    pub fn for_grant(hook_path: &Path, grant: &Grant, env: Vec<String>) -> Self {
+        let test_secs = grant.timeout.as_millis().div_ceil(1000) as u64;
+        Self {
+            path: hook_path.to_path_buf(),
+            args: vec!["oci-tpm-hook".into()],
+            env,
+            timeout: Some(test_secs + HOOK_TIMEOUT_MARGIN_SECS),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        let mut entry = Map::new();
+        entry.insert("path".into(), json!(self.path.to_string_lossy()));
+        entry.insert("args".into(), json!(self.args));
+        if !self.env.is_empty() {
+            entry.insert("env".into(), json!(self.env));
+        }
+        if let Some(t) = self.timeout {
+            entry.insert("timeout".into(), json!(t));
+        }
+        Value::Object(entry)
+    }
+}
+
+/// One edit [`apply`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A `linux.devices` entry for the node was added.
+    DeviceNode(PathBuf),
+    /// An existing entry for the same device had another group or mode.
+    DeviceNodeOwnership(PathBuf),
+    /// The `linux.resources.devices` allow rule was added.
+    CgroupRule(String),
+    AdditionalGid(u32),
+    Env(&'static str),
+    Hook(PathBuf),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DeviceNode(p) => write!(f, "device {}", p.display()),
+            Self::DeviceNodeOwnership(p) => write!(f, "group and mode of device {}", p.display()),
+            Self::CgroupRule(r) => write!(f, "cgroup rule {r}"),
+            Self::AdditionalGid(g) => write!(f, "additional GID {g}"),
+            Self::Env(k) => write!(f, "env {k}"),
+            Self::Hook(p) => write!(f, "createRuntime hook {}", p.display()),
+        }
+    }
+}
+
+/// What [`apply`] changed; empty when the spec already had everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes(pub Vec<Change>);
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("nothing");
+        }
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts everything `grant` needs into `spec`: the device node, the cgroup
+/// allow rule, the group as an additional GID of the process, the TCTI
+/// environment and the validating hook. Idempotent: a second call returns
+/// no changes. On error `spec` is left as it was.
+pub fn apply(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::Result<Changes> {
+    // Work on a copy so a shape error half-way leaves the caller's spec whole.
+    let mut work = spec.clone();
+    let changes = apply_in_place(&mut work, grant, hook)?;
+    if !changes.is_empty() {
+        *spec = work;
+    }
+    Ok(changes)
+}
+
+fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::Result<Changes> {
+    let found = kind(spec);
+    let root = spec
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("the spec is {found}, not a JSON object"))?;
+    let mut changes = Vec::new();
+
+    // Check `process` first: a spec without a process cannot be started, and
+    // noticing that before touching `linux` keeps the error about the cause.
+    let process = match root.get_mut("process") {
+        Some(Value::Object(p)) => p,
+        Some(other) => bail!("/process is {}, not an object", kind(other)),
+        None => bail!("the spec has no /process; there is no process to give the TPM to"),
+    };
+    let user = match process.get_mut("user") {
+        Some(Value::Object(u)) => u,
+        Some(other) => bail!("/process/user is {}, not an object", kind(other)),
+        None => bail!("the spec has no /process/user"),
+    };
+    let gids = array_entry(user, "additionalGids", "/process/user/additionalGids")?;
+    if !gids
+        .iter()
+        .any(|g| g.as_u64() == Some(u64::from(grant.gid)))
+    {
+        gids.push(json!(grant.gid));
+        changes.push(Change::AdditionalGid(grant.gid));
+    }
+    let env = array_entry(process, "env", "/process/env")?;
+    for (key, value) in grant.env() {
+        // Any value the user set wins: they may point at another TCTI on purpose.
+        let set = env.iter().any(|e| {
+            e.as_str()
+                .and_then(|s| s.split_once('='))
+                .is_some_and(|(k, _)| k == key)
+        });
+        if !set {
+            env.push(json!(format!("{key}={value}")));
+            changes.push(Change::Env(key));
+        }
+    }
+
+    let linux = object_entry(root, "linux", "/linux")?;
+    let devices = array_entry(linux, "devices", "/linux/devices")?;
+    if let Some(change) = ensure_device_node(devices, grant)? {
+        changes.push(change);
+    }
+    let resources = object_entry(linux, "resources", "/linux/resources")?;
+    let rules = array_entry(resources, "devices", "/linux/resources/devices")?;
+    if !rule_allows(rules, grant.device.major, grant.device.minor)? {
+        rules.push(json!({
+            "allow": true,
+            "type": "c",
+            "major": grant.device.major,
+            "minor": grant.device.minor,
+            "access": "rw",
+        }));
+        changes.push(Change::CgroupRule(grant.cgroup_rule()));
+    }
+
+    let hooks = object_entry(root, "hooks", "/hooks")?;
+    let create_runtime = array_entry(hooks, "createRuntime", "/hooks/createRuntime")?;
+    let hook_path = hook.path.to_string_lossy();
+    let present = create_runtime
+        .iter()
+        .any(|h| h.get("path").and_then(Value::as_str) == Some(&hook_path));
+    if !present {
+        create_runtime.push(hook.to_value());
+        changes.push(Change::Hook(hook.path.clone()));
+    }
+    Ok(Changes(changes))
+}
+
+/// Adds the node, or checks an entry the engine already has for that path
+/// (e.g. `docker run --device /dev/tpmrm0` together with the annotation).
+fn ensure_device_node(devices: &mut Vec<Value>, grant: &Grant) -> anyhow::Result<Option<Change>> {
+    let path = grant.container_path.to_string_lossy();
+    let existing = devices
+        .iter_mut()
+        .find(|d| d.get("path").and_then(Value::as_str) == Some(&path));
+    let Some(entry) = existing else {
+        devices.push(json!({
+            "path": path,
+            "type": "c",
+            "major": grant.device.major,
+            "minor": grant.device.minor,
+            "fileMode": grant.mode,
+            "uid": 0,
+            "gid": grant.gid,
+        }));
+        return Ok(Some(Change::DeviceNode(grant.container_path.clone())));
+    };
+    let entry = entry
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("/linux/devices has an entry for {path} that is not an object"))?;
+    let same_device = entry.get("type").and_then(Value::as_str) == Some("c")
+        && entry.get("major").and_then(Value::as_u64) == Some(u64::from(grant.device.major))
+        && entry.get("minor").and_then(Value::as_u64) == Some(u64::from(grant.device.minor));
+    if !same_device {
+        bail!(
+            "the spec already has another device at {path} ({}); it is not host {} (c {}:{}): drop the --device for {path} or the annotation",
+            describe_device(entry),
+            grant.device.name,
+            grant.device.major,
+            grant.device.minor
+        );
+    }
+    // The same device: make sure the group can use it, or the non-root user
+    // the additional GID is for would still get EACCES. The mode may carry
+    // file-type bits (docker writes 0o20660); keep them.
+    let mode = entry.get("fileMode").and_then(Value::as_u64);
+    let want_mode = u64::from(grant.mode);
+    let mode_ok = mode.is_some_and(|m| m & 0o7777 == want_mode);
+    let gid_ok = entry.get("gid").and_then(Value::as_u64) == Some(u64::from(grant.gid));
+    if mode_ok && gid_ok {
+        return Ok(None);
+    }
+    if !mode_ok {
+        let type_bits = mode.unwrap_or(0) & !0o7777;
+        entry.insert("fileMode".into(), json!(type_bits | want_mode));
+    }
+    if !gid_ok {
+        entry.insert("gid".into(), json!(grant.gid));
+    }
+    Ok(Some(Change::DeviceNodeOwnership(
+        grant.container_path.clone(),
+    )))
+}
+
+fn describe_device(entry: &Map<String, Value>) -> String {
+    let field = |k: &str| {
+        entry
+            .get(k)
+            .map(|v| v.to_string().trim_matches('"').to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("{} {}:{}", field("type"), field("major"), field("minor"))
+}
+
+/// Whether the device-cgroup rules already let the container read and write
+/// `c major:minor`. Rules apply in order and the last match wins, so an allow
+/// rule only counts when no later deny rule covers the device.
+fn rule_allows(rules: &[Value], major: u32, minor: u32) -> anyhow::Result<bool> {
+    let mut readable = false;
+    let mut writable = false;
+    for (i, rule) in rules.iter().enumerate() {
+        let rule = rule
+            .as_object()
+            .ok_or_else(|| anyhow!("/linux/resources/devices/{i} is not an object"))?;
+        if !rule_matches(rule, major, minor) {
+            continue;
+        }
+        let allow = rule.get("allow").and_then(Value::as_bool).unwrap_or(false);
+        // An absent access means all of "rwm".
+        let access = rule.get("access").and_then(Value::as_str).unwrap_or("rwm");
+        if access.contains('r') {
+            readable = allow;
+        }
+        if access.contains('w') {
+            writable = allow;
+        }
+    }
+    Ok(readable && writable)
+}
+
+fn rule_matches(rule: &Map<String, Value>, major: u32, minor: u32) -> bool {
+    let type_ok = match rule.get("type").and_then(Value::as_str) {
+        None | Some("a") | Some("c") => true,
+        Some(_) => false,
+    };
+    // Absent, null or -1 is a wildcard.
+    let number_ok = |key: &str, want: u32| match rule.get(key) {
+        None | Some(Value::Null) => true,
+        Some(v) => v.as_i64() == Some(-1) || v.as_u64() == Some(u64::from(want)),
+    };
+    type_ok && number_ok("major", major) && number_ok("minor", minor)
+}
+
+/// `parent[key]` as an object, created when absent (or null).
+fn object_entry<'a>(
+    parent: &'a mut Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> anyhow::Result<&'a mut Map<String, Value>> {
+    let slot = parent.entry(key).or_insert_with(|| json!({}));
+    if slot.is_null() {
+        *slot = json!({});
+    }
+    let found = kind(slot);
+    slot.as_object_mut()
+        .ok_or_else(|| anyhow!("{at} is {found}, not an object"))
+}
+
+/// `parent[key]` as an array, created when absent (or null, which Go writes
+/// for an empty slice without `omitempty`).
+fn array_entry<'a>(
+    parent: &'a mut Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> anyhow::Result<&'a mut Vec<Value>> {
+    let slot = parent.entry(key).or_insert_with(|| json!([]));
+    if slot.is_null() {
+        *slot = json!([]);
+    }
+    let found = kind(slot);
+    slot.as_array_mut()
+        .ok_or_else(|| anyhow!("{at} is {found}, not an array"))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The spec's annotations. Absent means none; anything but an object of
+/// strings is an error (the OCI spec says `map[string]string`).
+pub fn annotations(spec: &Value) -> anyhow::Result<BTreeMap<String, String>> {
+    match spec.get("annotations") {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => bail!("/annotations/{k} is {}, not a string", kind(other)),
+            })
+            .collect(),
+        Some(other) => bail!("/annotations is {}, not an object", kind(other)),
+    }
+}
+
+/// A bundle's config.json as read from disk, ready to be edited and written
+/// back only if the edit changed something.
+#[derive(Debug)]
+pub struct SpecFile {
+    path: PathBuf,
+    original: Vec<u8>,
+    pub spec: Value,
+}
+
+impl SpecFile {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let original = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let spec: Value = serde_json::from_slice(&original)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        if !spec.is_object() {
+            bail!(
+                "{} holds {}, not a JSON object",
+                path.display(),
+                kind(&spec)
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            original,
+            spec,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        annotations(&self.spec).with_context(|| format!("in {}", self.path.display()))
+    }
+
+    /// Applies the grant and writes the file when that changed anything; an
+    /// unchanged spec leaves the file untouched (same bytes, same inode).
+    pub fn apply_and_write(&mut self, grant: &Grant, hook: &HookEntry) -> anyhow::Result<Changes> {
+        let changes = apply(&mut self.spec, grant, hook)
+            .with_context(|| format!("cannot edit {}", self.path.display()))?;
+        if !changes.is_empty() {
+            let bytes = serialize_like(&self.spec, &self.original)?;
+            write_atomic(&self.path, &bytes)
+                .with_context(|| format!("cannot write {}", self.path.display()))?;
+        }
+        Ok(changes)
+    }
+}
+
+/// Serializes `spec` in the style of `original`: compact when the original
+/// was on one line (what engines write), else indented with the original's
+/// indent unit; a trailing newline is kept when there was one.
+fn serialize_like(spec: &Value, original: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let text = String::from_utf8_lossy(original);
+    let indent: Option<String> = text.lines().skip(1).find_map(|line| {
+        let ws: String = line
+            .chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .collect();
+        (!ws.is_empty()).then_some(ws)
+    });
+    let mut out = Vec::with_capacity(original.len() + 512);
+    match indent {
+        None => serde_json::to_writer(&mut out, spec)?,
+        Some(unit) => {
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(unit.as_bytes());
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            serde::Serialize::serialize(spec, &mut ser)?;
+        }
+    }
+    if original.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// Replaces `path` with `bytes` so that a reader sees either the old or the
+/// new file, never a half-written one: a temp file in the same directory with
+/// the original's mode and owner, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    // Edit the file a symlink points at, not the link (keep the link intact).
+    let path = fs::canonicalize(path)?;
+    let meta = fs::metadata(&path)?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.oci-tpm.{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mode = meta.mode() & 0o7777;
+    let result = (|| -> anyhow::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        // The umask may have cleared bits of the requested mode.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        let owner = file.metadata()?;
+        if (owner.uid(), owner.gid()) != (meta.uid(), meta.gid()) {
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
+                .context("cannot give the new file the original's owner")?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostTpm;
+    use crate::tpm::SelfTestLevel;
+    use std::time::Duration;
+
+    fn grant() -> Grant {
+        Grant {
+            device: HostTpm {
+                name: "tpmrm0".into(),
+                path: "/dev/tpmrm0".into(),
+                major: 253,
+                minor: 65536,
+            },
+            container_path: "/dev/tpmrm0".into(),
+            mode: 0o660,
+            gid: 102,
+            group_name: Some("tss".into()),
+            self_test: SelfTestLevel::Quick,
+            timeout: Duration::from_millis(5000),
+            required: true,
+        }
+    }
+
+    fn hook() -> HookEntry {
+        HookEntry::for_grant(Path::new("/usr/bin/oci-tpm-hook"), &grant(), vec![])
+    }
+
+    fn minimal() -> Value {
+        json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 1000, "gid": 1000}, "args": ["sh"]}})
+    }
+
+    #[test]
+    fn adds_everything_to_a_minimal_spec() {
+        let mut spec = minimal();
+        let changes = apply(&mut spec, &grant(), &hook()).unwrap();
+        assert_eq!(changes.0.len(), 6, "{changes}");
+        assert_eq!(
+            spec["linux"]["devices"][0],
+            json!({"path": "/dev/tpmrm0", "type": "c", "major": 253, "minor": 65536,
+                   "fileMode": 432, "uid": 0, "gid": 102})
+        );
+        assert_eq!(
+            spec["linux"]["resources"]["devices"][0],
+            json!({"allow": true, "type": "c", "major": 253, "minor": 65536, "access": "rw"})
+        );
+        assert_eq!(spec["process"]["user"]["additionalGids"], json!([102]));
+        assert_eq!(
+            spec["process"]["env"],
+            json!([
+                "TPM2TOOLS_TCTI=device:/dev/tpmrm0",
+                "TSS2_TCTI=device:/dev/tpmrm0"
+            ])
+        );
+        assert_eq!(
+            spec["hooks"]["createRuntime"][0],
+            json!({"path": "/usr/bin/oci-tpm-hook", "args": ["oci-tpm-hook"], "timeout": 10})
+        );
+        assert!(apply(&mut spec, &grant(), &hook()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hook_timeout_rounds_up() {
+        let mut g = grant();
+        g.timeout = Duration::from_millis(2500);
+        let h = HookEntry::for_grant(Path::new("/h"), &g, vec!["A=b".into()]);
+        assert_eq!(h.timeout, Some(8));
+        assert_eq!(h.to_value()["env"], json!(["A=b"]));
+    }
+
+    #[test]
+    fn keeps_what_is_there() {
+        let mut spec = minimal();
+        spec["process"]["env"] = json!(["PATH=/bin", "TSS2_TCTI=swtpm:port=2321"]);
+        spec["process"]["user"]["additionalGids"] = json!([5, 102]);
+        spec["hooks"] =
+            json!({"createRuntime": [{"path": "/usr/bin/oci-tpm-hook", "args": ["x"]}]});
+        let changes = apply(&mut spec, &grant(), &hook()).unwrap();
+        assert_eq!(
+            changes.0,
+            vec![
+                Change::Env("TPM2TOOLS_TCTI"),
+                Change::DeviceNode("/dev/tpmrm0".into()),
+                Change::CgroupRule("c 253:65536 rw".into()),
+            ]
+        );
+        assert_eq!(
+            spec["process"]["env"],
+            json!([
+                "PATH=/bin",
+                "TSS2_TCTI=swtpm:port=2321",
+                "TPM2TOOLS_TCTI=device:/dev/tpmrm0"
+            ])
+        );
+        assert_eq!(spec["process"]["user"]["additionalGids"], json!([5, 102]));
+        assert_eq!(spec["hooks"]["createRuntime"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn cgroup_rules_last_match_wins() {
+        let g = grant();
+        let (maj, min) = (g.device.major, g.device.minor);
+        let rules = |v: Value| v.as_array().unwrap().clone();
+        assert!(!rule_allows(&[], maj, min).unwrap());
+        assert!(rule_allows(
+            &rules(json!([{"allow": false, "access": "rwm"},
+                          {"allow": true, "type": "c", "major": maj, "minor": min, "access": "rwm"}])),
+            maj,
+            min
+        )
+        .unwrap());
+        // Allowed, then denied again by a later wildcard rule.
+        assert!(!rule_allows(
+            &rules(
+                json!([{"allow": true, "type": "c", "major": maj, "minor": min, "access": "rw"},
+                          {"allow": false, "type": "c", "major": -1, "access": "w"}])
+            ),
+            maj,
+            min
+        )
+        .unwrap());
+        // A wildcard allow-all (privileged) counts.
+        assert!(rule_allows(&rules(json!([{"allow": true, "access": "rwm"}])), maj, min).unwrap());
+        // Read only is not enough; another device does not count.
+        assert!(!rule_allows(
+            &rules(
+                json!([{"allow": true, "type": "c", "major": maj, "minor": min, "access": "r"},
+                          {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
+                          {"allow": true, "type": "b", "major": maj, "minor": min, "access": "rw"}])
+            ),
+            maj,
+            min
+        )
+        .unwrap());
+    }
+
+    #[test]
+    fn existing_device_entry() {
+        // docker run --device /dev/tpmrm0: same device, group 0, mode with type bits.
+        let mut spec = minimal();
+        spec["linux"] = json!({"devices": [{"path": "/dev/tpmrm0", "type": "c", "major": 253,
+            "minor": 65536, "fileMode": 8624, "uid": 0, "gid": 0}]});
+        let changes = apply(&mut spec, &grant(), &hook()).unwrap();
+        assert!(changes
+            .0
+            .contains(&Change::DeviceNodeOwnership("/dev/tpmrm0".into())));
+        let dev = &spec["linux"]["devices"][0];
+        assert_eq!(
+            (dev["fileMode"].as_u64(), dev["gid"].as_u64()),
+            (Some(0o20660), Some(102))
+        );
+        assert_eq!(spec["linux"]["devices"].as_array().unwrap().len(), 1);
+
+        // Another device at the same path is an error, and the spec is untouched.
+        let mut spec = minimal();
+        spec["linux"] =
+            json!({"devices": [{"path": "/dev/tpmrm0", "type": "c", "major": 10, "minor": 224}]});
+        let before = spec.clone();
+        let err = format!("{:#}", apply(&mut spec, &grant(), &hook()).unwrap_err());
+        assert!(
+            err.contains("c 10:224") && err.contains("253:65536"),
+            "{err}"
+        );
+        assert_eq!(spec, before);
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors_and_leave_the_spec_alone() {
+        for (patch, at) in [
+            (json!({"linux": {"devices": {}}}), "/linux/devices"),
+            (json!({"linux": []}), "/linux"),
+            (
+                json!({"linux": {"resources": {"devices": "rw"}}}),
+                "/linux/resources/devices",
+            ),
+            (
+                json!({"linux": {"resources": {"devices": [1]}}}),
+                "/linux/resources/devices/0",
+            ),
+            (
+                json!({"hooks": {"createRuntime": {}}}),
+                "/hooks/createRuntime",
+            ),
+            (json!({"process": "sh"}), "/process"),
+            (
+                json!({"process": {"user": {}, "env": "A=B"}}),
+                "/process/env",
+            ),
+            (
+                json!({"process": {"user": {"additionalGids": 102}}}),
+                "/process/user/additionalGids",
+            ),
+            (json!({"process": {}}), "/process/user"),
+        ] {
+            let mut spec = minimal();
+            for (k, v) in patch.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            let before = spec.clone();
+            let err = format!("{:#}", apply(&mut spec, &grant(), &hook()).unwrap_err());
+            assert!(err.contains(at), "{at}: {err}");
+            assert_eq!(spec, before, "{at}");
+        }
+        let mut no_process = json!({"ociVersion": "1.0.2"});
+        assert!(apply(&mut no_process, &grant(), &hook()).is_err());
+        assert_eq!(no_process, json!({"ociVersion": "1.0.2"}));
+        assert!(apply(&mut json!([]), &grant(), &hook()).is_err());
+    }
+
+    #[test]
+    fn nulls_count_as_absent() {
+        let mut spec = minimal();
+        spec["linux"] = json!({"devices": null, "resources": null});
+        spec["process"]["user"]["additionalGids"] = Value::Null;
+        assert_eq!(apply(&mut spec, &grant(), &hook()).unwrap().0.len(), 6);
+    }
+
+    #[test]
+    fn annotations_shape() {
+        assert!(annotations(&json!({})).unwrap().is_empty());
+        let a = annotations(&json!({"annotations": {"oci-tpm-hook/device": "tpmrm0"}})).unwrap();
+        assert_eq!(a["oci-tpm-hook/device"], "tpmrm0");
+        let err = annotations(&json!({"annotations": {"k": 1}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/annotations/k"), "{err}");
+        assert!(annotations(&json!({"annotations": []})).is_err());
+    }
+
+    #[test]
+    fn style_follows_the_original() {
+        let v = json!({"a": [1], "b": {"c": true}});
+        assert_eq!(
+            serialize_like(&v, b"{\"a\":1}").unwrap(),
+            br#"{"a":[1],"b":{"c":true}}"#
+        );
+        let tabbed = serialize_like(&v, b"{\n\t\"a\": 1\n}\n").unwrap();
+        assert_eq!(
+            String::from_utf8(tabbed).unwrap(),
+            "{\n\t\"a\": [\n\t\t1\n\t],\n\t\"b\": {\n\t\t\"c\": true\n\t}\n}\n"
+        );
+        let spaced = serialize_like(&v, b"{\n  \"a\": 1\n}").unwrap();
+        assert!(String::from_utf8(spaced)
+            .unwrap()
+            .starts_with("{\n  \"a\": [\n    1"));
+    }
+}

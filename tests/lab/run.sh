@@ -20,7 +20,10 @@ LAB_MEMORY="${LAB_MEMORY:-3G}"
 LAB_CPUS="${LAB_CPUS:-$(nproc)}"
 LAB_BOOT_TIMEOUT="${LAB_BOOT_TIMEOUT:-600}"
 LAB_SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
-SCENARIO_DIR="$LAB_DIR/scenarios"
+# LAB_SCENARIO_DIR (relative to the repository) runs scripts from elsewhere,
+# e.g. the benchmarks in tests/bench/lab.
+LAB_SCENARIO_DIR="${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
+SCENARIO_DIR="$REPO_DIR/$LAB_SCENARIO_DIR"
 PROJECT_BINARIES=(oci-tpm-hook oci-tpm-runtime)
 RUNS_TO_KEEP=20
 
@@ -104,7 +107,7 @@ start_swtpm() {
 start_vm() {
     local root="$1" image="$2" kernel guest_cmd
     kernel=$(ls "$root"/boot/vmlinuz-* | head -n1)
-    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
+    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
     # setsid: vng and its qemu get their own process group, which we stop as a whole.
     setsid vng --run "$kernel" --root "$root" \
         --disable-kvm --disable-microvm --verbose \

@@ -110,8 +110,11 @@ wait_for() {
 # ---------------------------------------------------------------- cleanup
 
 LAB_EXIT_ACTIONS=()
-LAB_DAEMON_PIDS=()
+LAB_DAEMON_PIDS=()     # pids from start_daemon in this shell
 LAB_DAEMON_NAMES=()
+# Every daemon started by this scenario, also from subshells ($$ is the
+# scenario's pid there too), so the exit trap can stop them all.
+LAB_DAEMONS_FILE="/run/lab/daemons.$$"
 
 # on_exit "shell command": run it when the scenario exits (last added, first run).
 on_exit() { LAB_EXIT_ACTIONS+=("$1"); }
@@ -130,14 +133,18 @@ stop_pid() {
 }
 
 lab_cleanup() {
-    local rc=$? i
+    local rc=$? i name
     set +e
     for (( i=${#LAB_EXIT_ACTIONS[@]}-1; i>=0; i-- )); do
         eval "${LAB_EXIT_ACTIONS[$i]}" >/dev/null 2>&1
     done
-    for (( i=${#LAB_DAEMON_PIDS[@]}-1; i>=0; i-- )); do
-        stop_pid "${LAB_DAEMON_PIDS[$i]}" "${LAB_DAEMON_NAMES[$i]}"
-    done
+    # Daemons from any subshell of this scenario (e.g. dev=$(add_vtpm)), newest first.
+    if [[ -f "$LAB_DAEMONS_FILE" ]]; then
+        while read -r i name; do
+            stop_pid "$i" "$name"
+        done < <(tac "$LAB_DAEMONS_FILE")
+        rm -f "$LAB_DAEMONS_FILE"
+    fi
     # Keep daemon logs with the run's results on the host.
     for i in "$LAB_LOG_DIR"/*.log; do
         [[ -f "$i" ]] && cp "$i" "$LAB_OUT/$LAB_SCENARIO.$(basename "$i")"
@@ -162,6 +169,7 @@ start_daemon() {
     "$@" >"$LAB_LOG_DIR/$name.log" 2>&1 </dev/null &
     LAB_DAEMON_PIDS+=("$!")
     LAB_DAEMON_NAMES+=("$name")
+    echo "$! $name" >>"$LAB_DAEMONS_FILE"
     note "started $name (pid $!, log $LAB_LOG_DIR/$name.log)"
 }
 

@@ -9,7 +9,7 @@ set -euo pipefail
 
 LAB_REPO=/lab/repo
 LAB_OUT=/lab/out
-SCENARIO_DIR="$LAB_REPO/tests/lab/scenarios"
+SCENARIO_DIR="$LAB_REPO/${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
 SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
 
 log() { printf '[lab guest] %s\n' "$*"; }
@@ -32,6 +32,22 @@ show_guest_facts() {
     log "TPM devices: $(ls /dev/tpm* 2>/dev/null | tr '\n' ' ')"
 }
 
+# Daemons a scenario started but did not stop (e.g. it was killed at its
+# timeout before its exit trap ran): lib.sh lists them in /run/lab/daemons.*.
+stop_leftover_daemons() {
+    local f pid name
+    for f in /run/lab/daemons.*; do
+        [[ -f "$f" ]] || continue
+        while read -r pid name; do
+            if kill -0 "$pid" 2>/dev/null; then
+                log "stopping leftover $name (pid $pid)"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+        done <"$f"
+        rm -f "$f"
+    done
+}
+
 run_one_scenario() {
     local name="$1" file="$SCENARIO_DIR/$1.sh" start rc secs
     start=$(date +%s)
@@ -45,6 +61,7 @@ run_one_scenario() {
     if [[ $rc -eq 124 || $rc -eq 137 ]]; then
         echo "[lab guest] scenario $name: killed after the ${SCENARIO_TIMEOUT}s timeout" >>"$LAB_OUT/$name.log"
     fi
+    stop_leftover_daemons
     secs=$(( $(date +%s) - start ))
     echo "$rc $secs" >"$LAB_OUT/$name.result"
     log "scenario $name: exit $rc after ${secs}s"

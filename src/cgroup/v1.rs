@@ -1,0 +1,243 @@
+//! cgroup v1: the `devices` controller's allow list.
+//!
+//! `devices.list` is parsed and checked purely; only reading the list and
+//! writing one line to `devices.allow` touch the filesystem.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::bpf::{ACC_MKNOD, ACC_READ, ACC_WRITE};
+use super::{AllowOutcome, DeviceAccess};
+
+/// One line of `devices.list`, e.g. `c 1:3 rwm` or `a *:* rwm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListEntry {
+    /// `'a'` (all), `'b'` (block) or `'c'` (char).
+    pub dev_type: char,
+    /// `None` for `*`.
+    pub major: Option<u32>,
+    /// `None` for `*`.
+    pub minor: Option<u32>,
+    /// Mask of `ACC_*` bits.
+    pub access: u32,
+}
+
+fn parse_number(s: &str, line: &str) -> Result<Option<u32>> {
+    if s == "*" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .with_context(|| format!("bad device number {s:?} in devices.list line {line:?}"))
+}
+
+/// Parses the whole of `devices.list`.
+pub fn parse_devices_list(text: &str) -> Result<Vec<ListEntry>> {
+    let mut entries = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [kind, numbers, access] = fields[..] else {
+            bail!("devices.list line {line:?} does not have three fields");
+        };
+        let dev_type = match kind {
+            "a" | "b" | "c" => kind.chars().next().unwrap(),
+            _ => bail!("unknown device type {kind:?} in devices.list line {line:?}"),
+        };
+        let Some((major, minor)) = numbers.split_once(':') else {
+            bail!("devices.list line {line:?} has no MAJ:MIN");
+        };
+        let mut bits = 0;
+        for c in access.chars() {
+            bits |= match c {
+                'r' => ACC_READ,
+                'w' => ACC_WRITE,
+                'm' => ACC_MKNOD,
+                _ => bail!("unknown access {c:?} in devices.list line {line:?}"),
+            };
+        }
+        entries.push(ListEntry {
+            dev_type,
+            major: parse_number(major, line)?,
+            minor: parse_number(minor, line)?,
+            access: bits,
+        });
+    }
+    Ok(entries)
+}
+
+/// What the current list means for `c MAJ:MIN rw`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// The cgroup allows every device by default (`a *:* rwm`).
+    Unrestricted,
+    /// One entry already grants read and write.
+    Covered,
+    NotCovered,
+}
+
+/// Decides whether `entries` already grant read+write of the char device.
+///
+/// The kernel checks an access against each entry on its own (all requested
+/// bits must be in one entry), so coverage by two partial entries does not
+/// count. A cgroup in default-allow mode lists only `a *:* rwm`: its deny
+/// exceptions are not shown, so "unrestricted" is the best we can know.
+pub fn coverage(entries: &[ListEntry], dev: &DeviceAccess) -> Coverage {
+    let rw = ACC_READ | ACC_WRITE;
+    if entries
+        .iter()
+        .any(|e| e.dev_type == 'a' && e.access & rw == rw)
+    {
+        return Coverage::Unrestricted;
+    }
+    let covers = |e: &&ListEntry| {
+        e.dev_type == 'c'
+            && e.major.is_none_or(|m| m == dev.major)
+            && e.minor.is_none_or(|m| m == dev.minor)
+            && e.access & rw == rw
+    };
+    if entries.iter().any(|e| covers(&e)) {
+        Coverage::Covered
+    } else {
+        Coverage::NotCovered
+    }
+}
+
+/// The line written to `devices.allow`.
+pub fn allow_rule(dev: &DeviceAccess) -> String {
+    format!("c {}:{} rw", dev.major, dev.minor)
+}
+
+/// Grants read/write of `dev` in the devices-controller directory `dir`.
+pub fn allow(dir: &Path, dev: &DeviceAccess) -> Result<AllowOutcome> {
+    let list_path = dir.join("devices.list");
+    let text = fs::read_to_string(&list_path)
+        .with_context(|| format!("reading {}", list_path.display()))?;
+    let entries =
+        parse_devices_list(&text).with_context(|| format!("parsing {}", list_path.display()))?;
+    match coverage(&entries, dev) {
+        Coverage::Unrestricted => Ok(AllowOutcome::Unrestricted),
+        Coverage::Covered => Ok(AllowOutcome::AlreadyAllowed),
+        Coverage::NotCovered => {
+            let allow_path = dir.join("devices.allow");
+            // One write per rule: the kernel parses each write() as one line.
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&allow_path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, allow_rule(dev).as_bytes()))
+                .with_context(|| {
+                    format!(
+                        "writing {:?} to {} (EPERM here means the parent cgroup does not allow the device either)",
+                        allow_rule(dev),
+                        allow_path.display()
+                    )
+                })?;
+            Ok(AllowOutcome::Added)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TPM: DeviceAccess = DeviceAccess {
+        major: 253,
+        minor: 65536,
+    };
+
+    /// What runc leaves in a default container's devices.list.
+    const RUNC_LIST: &str = "c 1:5 rwm\nc 1:3 rwm\nc 1:9 rwm\nc 1:8 rwm\nc 5:0 rwm\nc 5:1 rwm\n\
+                             c *:* m\nb *:* m\nc 1:7 rwm\nc 136:* rwm\nc 5:2 rwm\nc 10:200 rwm\n";
+
+    fn cov(list: &str) -> Coverage {
+        coverage(&parse_devices_list(list).unwrap(), &TPM)
+    }
+
+    #[test]
+    fn parses_lines() {
+        let entries = parse_devices_list(RUNC_LIST).unwrap();
+        assert_eq!(entries.len(), 12);
+        assert_eq!(
+            entries[6],
+            ListEntry {
+                dev_type: 'c',
+                major: None,
+                minor: None,
+                access: ACC_MKNOD
+            }
+        );
+        assert_eq!(
+            entries[9],
+            ListEntry {
+                dev_type: 'c',
+                major: Some(136),
+                minor: None,
+                access: ACC_READ | ACC_WRITE | ACC_MKNOD
+            }
+        );
+        assert!(parse_devices_list("").unwrap().is_empty());
+        for bad in ["x 1:3 rwm", "c 1:3", "c 1-3 rwm", "c 1:3 rwx", "c one:3 r"] {
+            assert!(parse_devices_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decides_coverage() {
+        assert_eq!(cov("a *:* rwm\n"), Coverage::Unrestricted);
+        assert_eq!(cov(RUNC_LIST), Coverage::NotCovered);
+        assert_eq!(cov("c *:* rw\n"), Coverage::Covered);
+        assert_eq!(cov("c *:* rwm\n"), Coverage::Covered);
+        assert_eq!(cov("c 253:* rw\n"), Coverage::Covered);
+        assert_eq!(cov("c 253:65536 rw\n"), Coverage::Covered);
+        assert_eq!(cov("c *:65536 rw\n"), Coverage::Covered);
+        assert_eq!(cov("c 253:65537 rw\n"), Coverage::NotCovered);
+        assert_eq!(cov("c 254:* rw\n"), Coverage::NotCovered);
+        assert_eq!(cov("b 253:65536 rw\n"), Coverage::NotCovered);
+        assert_eq!(cov("c 253:65536 r\n"), Coverage::NotCovered);
+        // Read and write from two entries: the kernel wants one entry.
+        assert_eq!(cov("c 253:65536 r\nc 253:* w\n"), Coverage::NotCovered);
+    }
+
+    fn fake_hierarchy(list: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("devices.list"), list).unwrap();
+        fs::write(dir.path().join("devices.allow"), "").unwrap();
+        dir
+    }
+
+    #[test]
+    fn writes_the_rule_only_when_needed() {
+        let dir = fake_hierarchy(RUNC_LIST);
+        assert_eq!(allow(dir.path(), &TPM).unwrap(), AllowOutcome::Added);
+        let written = fs::read_to_string(dir.path().join("devices.allow")).unwrap();
+        assert_eq!(written, "c 253:65536 rw");
+
+        for (list, want) in [
+            ("c 253:* rwm\n", AllowOutcome::AlreadyAllowed),
+            ("a *:* rwm\n", AllowOutcome::Unrestricted),
+        ] {
+            let dir = fake_hierarchy(list);
+            assert_eq!(allow(dir.path(), &TPM).unwrap(), want);
+            assert_eq!(
+                fs::read_to_string(dir.path().join("devices.allow")).unwrap(),
+                ""
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", allow(dir.path(), &TPM).unwrap_err());
+        assert!(err.contains("devices.list"), "{err}");
+        let dir = fake_hierarchy(RUNC_LIST);
+        fs::remove_file(dir.path().join("devices.allow")).unwrap();
+        let err = format!("{:#}", allow(dir.path(), &TPM).unwrap_err());
+        assert!(
+            err.contains("devices.allow") && err.contains("c 253:65536 rw"),
+            "{err}"
+        );
+    }
+}

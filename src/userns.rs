@@ -1,0 +1,80 @@
+//! User-namespace id maps (`/proc/<pid>/gid_map`).
+//!
+//! In a container with a user namespace, the node's group is a *host* GID;
+//! the container's processes can use that group only if the namespace maps
+//! it. Pure parsing here; the hook reads the file.
+
+use anyhow::{anyhow, bail};
+
+/// One line of an id map: `inside outside count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMapping {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+pub fn parse_id_map(text: &str) -> anyhow::Result<Vec<IdMapping>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [inside, outside, count] = f[..] else {
+                bail!("id map line {line:?} does not have three fields");
+            };
+            let num = |s: &str| {
+                s.parse::<u32>()
+                    .map_err(|_| anyhow!("id map line {line:?}: {s:?} is not a number"))
+            };
+            Ok(IdMapping {
+                inside: num(inside)?,
+                outside: num(outside)?,
+                count: num(count)?,
+            })
+        })
+        .collect()
+}
+
+/// The id inside the namespace that `outside` (a host id) appears as.
+pub fn inside_id(map: &[IdMapping], outside: u32) -> Option<u32> {
+    map.iter().find_map(|m| {
+        let offset = outside.checked_sub(m.outside)?;
+        (offset < m.count).then(|| m.inside + offset)
+    })
+}
+
+/// The host id that `inside` (an id in the namespace) is.
+pub fn outside_id(map: &[IdMapping], inside: u32) -> Option<u32> {
+    map.iter().find_map(|m| {
+        let offset = inside.checked_sub(m.inside)?;
+        (offset < m.count).then(|| m.outside + offset)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps() {
+        let m = parse_id_map("         0     100000      65536\n  102  102  1\n").unwrap();
+        assert_eq!(inside_id(&m, 100_000), Some(0));
+        assert_eq!(inside_id(&m, 165_535), Some(65_535));
+        assert_eq!(inside_id(&m, 165_536), None);
+        assert_eq!(inside_id(&m, 102), Some(102));
+        assert_eq!(inside_id(&m, 5), None);
+        assert_eq!(outside_id(&m, 0), Some(100_000));
+        assert_eq!(outside_id(&m, 102), Some(100_102));
+        assert_eq!(outside_id(&m, 65_536), None);
+        let identity = parse_id_map("0 0 4294967295").unwrap();
+        assert_eq!(inside_id(&identity, 113), Some(113));
+    }
+
+    #[test]
+    fn bad_maps() {
+        assert!(parse_id_map("0 0").is_err());
+        assert!(parse_id_map("a b c").is_err());
+        assert!(parse_id_map("0 0 1 2").is_err());
+        assert!(parse_id_map("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# make bench: what the project costs, measured (never asserted in tests).
+#   1. the hook's no-request fast path (every container pays it): median
+#      spawn-to-exit time and peak RSS, on this host;
+#   2. the docker wrapper's overhead for a container that asks for no TPM:
+#      create+delete through the wrapper vs plain runc, on this host;
+#   3. in the lab (kernel TPM under software emulation): the self-test's
+#      time, the hook's whole delivery, and podman run with and without it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+export DEBIAN_FRONTEND=noninteractive
+
+need_pkg() {
+    local cmd="$1" pkg="$2"
+    command -v "$cmd" >/dev/null 2>&1 && return 0
+    echo "[bench] installing $pkg (for $cmd)"
+    apt-get install -y -qq "$pkg" </dev/null >/dev/null
+}
+
+echo "== 1. hook fast path"
+tests/bench/hook_fast_path.sh
+
+echo
+echo "== 2. docker wrapper overhead"
+need_pkg runc runc
+need_pkg busybox busybox-static
+tests/bench/runtime_overhead.sh "${BENCH_ROUNDS:-30}"
+
+echo
+echo "== 3. self-test and delivery on a kernel TPM (lab)"
+LAB_SCENARIO_DIR=tests/bench/lab tests/lab/run.sh selftest-timing | tee /tmp/oci-tpm-bench-lab.$$ | grep -E '^BENCH|passed|FAIL' || true
+grep -q '^1 passed, 0 failed' /tmp/oci-tpm-bench-lab.$$ || { echo "[bench] the lab benchmark failed; full output above in the run directory"; rm -f /tmp/oci-tpm-bench-lab.$$; exit 1; }
+rm -f /tmp/oci-tpm-bench-lab.$$

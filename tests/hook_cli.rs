@@ -1,0 +1,174 @@
+//! The hook binary as a runtime calls it: OCI state on stdin, exit status and
+//! stderr as the user sees them. These cases need no TPM and no root: they
+//! stop before anything is granted (the lab scenarios cover the rest).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn hook(state: &str, config: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oci-tpm-hook"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hook");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn state(annotations: &str, bundle: &Path) -> String {
+    format!(
+        r#"{{"ociVersion":"1.0.2","id":"c0ffee0000000000","status":"creating","pid":1,"bundle":"{}","annotations":{annotations}}}"#,
+        bundle.display()
+    )
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A bundle and a policy whose host has no TPM at all.
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[log]\ntarget = \"stderr\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"root":{"path":"rootfs"}}"#,
+    )
+    .unwrap();
+    (dir, config)
+}
+
+#[test]
+fn no_request_is_silent_success() {
+    let (dir, config) = setup();
+    let before = std::fs::read(dir.path().join("config.json")).unwrap();
+    let out = hook(
+        &state(r#"{"io.podman.annotations.autoremove":"TRUE"}"#, dir.path()),
+        Some(&config),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("config.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn malformed_state_fails_with_a_message() {
+    for bad in ["", "{", "[]", r#"{"id":"x"}"#] {
+        let out = hook(bad, None);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(
+            stderr(&out).starts_with("oci-tpm-hook: "),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("state"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn bad_annotation_names_key_value_and_allowed() {
+    let (dir, config) = setup();
+    let out = hook(
+        &state(
+            r#"{"oci-tpm-hook/device":"tpmrm0","oci-tpm-hook/self-test":"sometimes"}"#,
+            dir.path(),
+        ),
+        Some(&config),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        "container c0ffee000000",
+        "oci-tpm-hook/self-test",
+        "sometimes",
+        "\"quick\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}
+
+#[test]
+fn missing_tpm_fails_closed_or_warns_when_optional() {
+    let (dir, config) = setup();
+    let out = hook(
+        &state(r#"{"oci-tpm-hook/device":"tpmrm7"}"#, dir.path()),
+        Some(&config),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tpmrm7") && err.contains("container c0ffee000000"),
+        "{err}"
+    );
+
+    let out = hook(
+        &state(
+            r#"{"oci-tpm-hook/device":"tpmrm7","oci-tpm-hook/required":"false"}"#,
+            dir.path(),
+        ),
+        Some(&config),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starts without a TPM"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn exclusive_device_refused_by_default() {
+    let (dir, config) = setup();
+    let out = hook(
+        &state(r#"{"oci-tpm-hook/device":"tpm0"}"#, dir.path()),
+        Some(&config),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exclusive"), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_policy_is_an_error_not_ignored() {
+    let (dir, config) = setup();
+    std::fs::write(&config, "[devices]\nallow = \"everything\"\n").unwrap();
+    let out = hook(
+        &state(r#"{"oci-tpm-hook/device":"auto"}"#, dir.path()),
+        Some(&config),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&config.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unknown_arguments_are_usage_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_oci-tpm-hook"))
+        .arg("--frobnicate")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("usage"), "{}", stderr(&out));
+}

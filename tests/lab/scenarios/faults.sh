@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# faults: every way a request can fail ends with a clear message and no
+# half-made state: a missing device (required and optional), a hung TPM and a
+# TPM that went away (bounded), a bad annotation value, the exclusive tpm0.
+set -euo pipefail
+source "$LAB_LIB"
+source "$LAB_REPO/tests/lab/guest/hook.sh"
+
+require_binaries oci-tpm-hook
+install_hooks_dir >/dev/null
+install_policy '[self-test]
+timeout-ms = 2000'
+load_image_podman
+gid=$(tss_gid)
+
+step "missing device tpmrm7, required (the default): the container does not start"
+assert_refused "host has no TPM device tpmrm7" --annotation oci-tpm-hook/device=tpmrm7 "$LAB_IMAGE" true
+assert_contains "$LAB_OUTPUT" "oci-tpm-hook/device=auto" "the message says what to do"
+assert_contains "$LAB_OUTPUT" "container " "the message names the container"
+
+step "missing device tpmrm7, required=false: the container starts without a TPM"
+assert_ok podman run --rm --annotation oci-tpm-hook/device=tpmrm7 --annotation oci-tpm-hook/required=false \
+    "$LAB_IMAGE" bash -c 'ls /dev; test ! -e /dev/tpmrm7 && echo started-without-tpm'
+assert_contains "$LAB_OUTPUT" "started-without-tpm"
+
+step "bad annotation value: named key, value and the allowed values"
+assert_refused 'oci-tpm-hook/self-test="sometimes"' --annotation oci-tpm-hook/device=tpmrm0 \
+    --annotation oci-tpm-hook/self-test=sometimes "$LAB_IMAGE" true
+
+step "unknown key under the prefix"
+assert_refused "oci-tpm-hook/devcie" --annotation oci-tpm-hook/devcie=tpmrm0 "$LAB_IMAGE" true
+
+step "the exclusive /dev/tpm0 is refused by default, with the reason"
+assert_refused "exclusive" --annotation oci-tpm-hook/device=tpm0 "$LAB_IMAGE" true
+assert_contains "$LAB_OUTPUT" "tpmrm0 instead"
+
+step "a second TPM through the vTPM proxy works first"
+# Not in $(...): add_vtpm records its swtpm for cleanup in this shell.
+add_vtpm >/run/lab/vtpm.out
+dev=$(tail -n1 /run/lab/vtpm.out)
+name=$(basename "$dev")
+swtpm_pid=${LAB_DAEMON_PIDS[-1]}
+note "second TPM: $dev ($(device_numbers "$dev")), its swtpm pid $swtpm_pid"
+assert_ok podman run --rm --annotation "oci-tpm-hook/device=$name" --user 1000 --group-add "$gid" \
+    "$LAB_IMAGE" tpm2_getrandom -T "device:/dev/$name" --hex 8
+
+step "a hung TPM (its swtpm stopped): the start fails within the self-test timeout"
+kill -STOP "$swtpm_pid"
+on_exit "kill -CONT $swtpm_pid"
+start=$(date +%s)
+assert_fails timeout 120 podman run --rm --runtime runc --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+took=$(( $(date +%s) - start ))
+kill -CONT "$swtpm_pid"
+assert_contains "$LAB_OUTPUT" "self-test"
+note "podman run failed after ${took} s (self-test timeout 2 s)"
+[[ $took -lt 60 ]] || fail "a hung TPM held the container start for ${took} s"
+
+step "a TPM that went away (its swtpm ended): a clear failure"
+kill -TERM "$swtpm_pid"
+wait_for 30 "$dev to disappear" bash -c "! test -e $dev"
+assert_refused "host has no TPM device $name" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+
+step "nothing half-made: no container is left behind by the failures"
+assert_eq "" "$(podman ps -aq)" "containers left"

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# podman-crun: podman with crun, hooks.d + annotation, no --device (guest/podman-hook.sh).
+set -euo pipefail
+RUNTIME=crun
+source "$LAB_REPO/tests/lab/guest/podman-hook.sh"
