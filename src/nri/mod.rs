@@ -17,9 +17,11 @@ pub mod proto;
 pub mod stub;
 pub mod ttrpc;
 
+use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -29,7 +31,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{debug, error, info, warn};
 
 use crate::host::HostRoots;
-use crate::policy::{self, LogPolicy, Policy};
+use crate::policy::{self, Policy};
 use plugin::TpmPlugin;
 use stub::{Ended, Registration, Session, State};
 
@@ -140,12 +142,26 @@ pub fn parse_options(
     Ok(opts)
 }
 
-/// `oci-tpm-hook nri ARGS…`.
+/// `oci-tpm-hook nri ARGS…`, as dispatched by the binary.
+pub fn main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let args = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    run(&args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the plugin until SIGTERM (or, when containerd started it, until
+/// containerd goes away).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let opts = parse_options(args, |k| std::env::var(k).ok())?;
     let policy_path = policy::resolve_path(opts.config.as_deref());
     let policy = Policy::load(&policy_path)?;
-    init_logging(&policy.log);
+    crate::log::init(&policy.log, "oci-tpm-hook-nri")?;
 
     // Signals arrive on a descriptor the session polls, so a SIGTERM in the
     // middle of a request still lets the answer go out first.
@@ -342,14 +358,6 @@ fn wait(signals: &SignalFd, d: Duration, plugin: &mut TpmPlugin) -> bool {
             }
             Err(_) => {} // EINTR: go round
         }
-    }
-}
-
-/// Logging per the policy's `[log]`: journald when asked or when its socket
-/// exists (containerd discards a pre-launched plugin's output), else stderr.
-fn init_logging(log: &LogPolicy) {
-    if let Err(e) = crate::log::init(log, "oci-tpm-hook-nri") {
-        eprintln!("oci-tpm-hook nri: {e:#}; logging to stderr");
     }
 }
 
