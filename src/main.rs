@@ -3,7 +3,7 @@
 //! ```text
 //! oci-tpm-hook [hook] [--config PATH]       OCI state on stdin (runtimes call this)
 //! oci-tpm-hook selftest [--device PATH] [--level quick|full] [--timeout-ms N] [--json]
-//! oci-tpm-hook nri [--socket PATH] [--config PATH]
+//! oci-tpm-hook nri [--socket PATH] [--config PATH] [--name N] [--index I] [--host-root DIR] [--no-hook]
 //! ```
 
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use oci_tpm_hook::selftest_cli;
 const USAGE: &str = "usage:
   oci-tpm-hook [hook] [--config PATH]     createRuntime hook: OCI state on stdin
   oci-tpm-hook selftest [--device PATH] [--level quick|full] [--timeout-ms N] [--json]
-  oci-tpm-hook nri [--socket PATH] [--config PATH]
+  oci-tpm-hook nri [--socket PATH] [--config PATH] [--name N] [--index I] [--host-root DIR] [--no-hook]
   oci-tpm-hook --version";
 
 fn main() -> ExitCode {
