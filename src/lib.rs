@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod device_rules;
 pub mod grant;
 pub mod hook;
 pub mod host;

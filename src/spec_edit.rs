@@ -180,7 +180,7 @@ fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::
     }
     let resources = object_entry(linux, "resources", "/linux/resources")?;
     let rules = array_entry(resources, "devices", "/linux/resources/devices")?;
-    if !rule_allows(rules, grant.device.major, grant.device.minor)? {
+    if !crate::device_rules::allows_char_device(rules, grant.device.major, grant.device.minor)? {
         rules.push(json!({
             "allow": true,
             "type": "c",
@@ -268,45 +268,6 @@ fn describe_device(entry: &Map<String, Value>) -> String {
             .unwrap_or_else(|| "?".into())
     };
     format!("{} {}:{}", field("type"), field("major"), field("minor"))
-}
-
-/// Whether the device-cgroup rules already let the container read and write
-/// `c major:minor`. Rules apply in order and the last match wins, so an allow
-/// rule only counts when no later deny rule covers the device.
-fn rule_allows(rules: &[Value], major: u32, minor: u32) -> anyhow::Result<bool> {
-    let mut readable = false;
-    let mut writable = false;
-    for (i, rule) in rules.iter().enumerate() {
-        let rule = rule
-            .as_object()
-            .ok_or_else(|| anyhow!("/linux/resources/devices/{i} is not an object"))?;
-        if !rule_matches(rule, major, minor) {
-            continue;
-        }
-        let allow = rule.get("allow").and_then(Value::as_bool).unwrap_or(false);
-        // An absent access means all of "rwm".
-        let access = rule.get("access").and_then(Value::as_str).unwrap_or("rwm");
-        if access.contains('r') {
-            readable = allow;
-        }
-        if access.contains('w') {
-            writable = allow;
-        }
-    }
-    Ok(readable && writable)
-}
-
-fn rule_matches(rule: &Map<String, Value>, major: u32, minor: u32) -> bool {
-    let type_ok = match rule.get("type").and_then(Value::as_str) {
-        None | Some("a") | Some("c") => true,
-        Some(_) => false,
-    };
-    // Absent, null or -1 is a wildcard.
-    let number_ok = |key: &str, want: u32| match rule.get(key) {
-        None | Some(Value::Null) => true,
-        Some(v) => v.as_i64() == Some(-1) || v.as_u64() == Some(u64::from(want)),
-    };
-    type_ok && number_ok("major", major) && number_ok("minor", minor)
 }
 
 /// `parent[key]` as an object, created when absent (or null).
@@ -585,44 +546,6 @@ mod tests {
         );
         assert_eq!(spec["process"]["user"]["additionalGids"], json!([5, 102]));
         assert_eq!(spec["hooks"]["createRuntime"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn cgroup_rules_last_match_wins() {
-        let g = grant();
-        let (maj, min) = (g.device.major, g.device.minor);
-        let rules = |v: Value| v.as_array().unwrap().clone();
-        assert!(!rule_allows(&[], maj, min).unwrap());
-        assert!(rule_allows(
-            &rules(json!([{"allow": false, "access": "rwm"},
-                          {"allow": true, "type": "c", "major": maj, "minor": min, "access": "rwm"}])),
-            maj,
-            min
-        )
-        .unwrap());
-        // Allowed, then denied again by a later wildcard rule.
-        assert!(!rule_allows(
-            &rules(
-                json!([{"allow": true, "type": "c", "major": maj, "minor": min, "access": "rw"},
-                          {"allow": false, "type": "c", "major": -1, "access": "w"}])
-            ),
-            maj,
-            min
-        )
-        .unwrap());
-        // A wildcard allow-all (privileged) counts.
-        assert!(rule_allows(&rules(json!([{"allow": true, "access": "rwm"}])), maj, min).unwrap());
-        // Read only is not enough; another device does not count.
-        assert!(!rule_allows(
-            &rules(
-                json!([{"allow": true, "type": "c", "major": maj, "minor": min, "access": "r"},
-                          {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
-                          {"allow": true, "type": "b", "major": maj, "minor": min, "access": "rw"}])
-            ),
-            maj,
-            min
-        )
-        .unwrap());
     }
 
     #[test]

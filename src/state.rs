@@ -87,17 +87,6 @@ pub struct BundleSpec {
     pub spec: Value,
 }
 
-/// One `linux.resources.devices` entry, as far as a char device is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DeviceRule {
-    allow: bool,
-    /// None = any type ("a").
-    kind: Option<char>,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: String,
-}
-
 impl BundleSpec {
     pub fn load(bundle: &Path) -> anyhow::Result<Self> {
         let path = bundle.join("config.json");
@@ -141,71 +130,17 @@ impl BundleSpec {
     /// write the char device: rules apply in order, the last match wins, and
     /// the runtime starts from "deny all".
     pub fn allows_char_device(&self, major: u32, minor: u32) -> anyhow::Result<bool> {
-        let Some(list) = self.spec.pointer("/linux/resources/devices") else {
-            return Ok(false);
-        };
-        let list = list.as_array().ok_or_else(|| {
-            anyhow!(
+        let rules = match self.spec.pointer("/linux/resources/devices") {
+            None | Some(Value::Null) => return Ok(false),
+            Some(Value::Array(rules)) => rules,
+            Some(_) => bail!(
                 "linux.resources.devices in {}/config.json is not a list",
                 self.dir.display()
-            )
-        })?;
-        let mut read = false;
-        let mut write = false;
-        for entry in list {
-            let rule = parse_rule(entry).with_context(|| {
-                format!(
-                    "bad linux.resources.devices entry {entry} in {}/config.json",
-                    self.dir.display()
-                )
-            })?;
-            let applies = matches!(rule.kind, None | Some('c'))
-                && rule.major.is_none_or(|m| m == i64::from(major))
-                && rule.minor.is_none_or(|m| m == i64::from(minor));
-            if applies {
-                if rule.access.contains('r') {
-                    read = rule.allow;
-                }
-                if rule.access.contains('w') {
-                    write = rule.allow;
-                }
-            }
-        }
-        Ok(read && write)
+            ),
+        };
+        crate::device_rules::allows_char_device(rules, major, minor)
+            .with_context(|| format!("in {}/config.json", self.dir.display()))
     }
-}
-
-fn parse_rule(v: &Value) -> anyhow::Result<DeviceRule> {
-    let allow = v
-        .get("allow")
-        .and_then(Value::as_bool)
-        .ok_or_else(|| anyhow!("\"allow\" must be true or false"))?;
-    let kind = match v.get("type").and_then(Value::as_str) {
-        None | Some("a") => None,
-        Some("c") => Some('c'),
-        Some("b") => Some('b'),
-        Some(other) => bail!("unknown device type {other:?}"),
-    };
-    // Negative numbers mean "any" in some runtimes' specs (-1 = wildcard).
-    let num = |k: &str| match v.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(n) => n
-            .as_i64()
-            .map(|n| (n >= 0).then_some(n))
-            .ok_or_else(|| anyhow!("{k:?} must be a number")),
-    };
-    let access = match v.get("access") {
-        None | Some(Value::Null) => "rwm".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => bail!("\"access\" must be a string"),
-    };
-    Ok(DeviceRule {
-        allow,
-        kind,
-        major: num("major")?,
-        minor: num("minor")?,
-        access,
-    })
 }
 
 #[cfg(test)]
