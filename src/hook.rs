@@ -19,7 +19,7 @@ use crate::grant::{self, Grant, Subject};
 use crate::host::HostRoots;
 use crate::node::{self, NodeMethod, NodeOutcome, NodeSpec};
 use crate::policy::{self, Policy};
-use crate::request::PREFIX;
+use crate::request;
 use crate::state::{BundleSpec, ContainerState};
 use crate::tpm::{self, SelfTestLevel, SelfTestReport};
 
@@ -47,12 +47,6 @@ pub struct Delivery {
     pub duration: Duration,
 }
 
-/// True when the annotations contain any key of ours: the fast path that
-/// every container which asks for nothing takes.
-pub fn mentions_us(state: &ContainerState) -> bool {
-    state.annotations.keys().any(|k| k.starts_with(PREFIX))
-}
-
 /// Runs the hook on a state read from `input`. An `Err` fails the container.
 pub fn run(
     input: impl Read,
@@ -66,7 +60,7 @@ pub fn run(
         .read_to_end(&mut bytes)
         .context("cannot read the OCI state from stdin")?;
     let state = ContainerState::parse(&bytes)?;
-    if !mentions_us(&state) {
+    if !request::mentions_us(&state.annotations) {
         return Ok(HookResult::NotRequested);
     }
 

@@ -107,6 +107,16 @@ const ALLOWED_REQUIRED: &str = "\"true\" or \"false\"";
 const ALLOWED_KEYS: &str = "oci-tpm-hook/device, oci-tpm-hook/device.<container-name>, \
                             oci-tpm-hook/self-test, oci-tpm-hook/required";
 
+/// Whether any annotation key starts with [`PREFIX`]: the fast path every
+/// front-end takes for a container that asks for nothing (a sorted-map
+/// lookup, no parsing).
+pub fn mentions_us(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .range::<str, _>((Bound::Included(PREFIX), Bound::Unbounded))
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(PREFIX))
+}
+
 /// Parses the request out of a container's annotations.
 ///
 /// `container_name` is the Kubernetes container name when the front-end knows
@@ -232,6 +242,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn mentions() {
+        assert!(!mentions_us(&ann(&[])));
+        assert!(!mentions_us(&ann(&[
+            ("oci-tpm-hook", "x"),
+            ("io.x", "y"),
+            ("oci-tpm-hooks/a", "b")
+        ])));
+        assert!(mentions_us(&ann(&[
+            ("a", "b"),
+            ("oci-tpm-hook/devcie", "x"),
+            ("z", "y")
+        ])));
     }
 
     #[test]

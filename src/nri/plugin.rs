@@ -4,8 +4,6 @@
 //! reads the NRI messages into a [`Subject`] and writes the [`Grant`] back
 //! as a device, environment and the createRuntime hook that self-tests it.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::PathBuf;
 
 use tracing::{info, warn};
@@ -16,7 +14,7 @@ use super::ttrpc::{code, Status};
 use crate::grant::{decide, Grant, Subject};
 use crate::host::HostRoots;
 use crate::policy::{self, Policy};
-use crate::request::PREFIX;
+use crate::request::mentions_us;
 
 /// How much longer than the self-test the hook may take: host validation,
 /// forking into the container, making the node.
@@ -154,7 +152,7 @@ impl Plugin for TpmPlugin {
 /// container's (`pod_annotations` passthrough).
 pub fn subject(req: &CreateContainerRequest) -> Option<Subject> {
     let (pod, container) = (&req.pod, &req.container);
-    if !asks(&pod.annotations) && !asks(&container.annotations) {
+    if !mentions_us(&pod.annotations) && !mentions_us(&container.annotations) {
         return None;
     }
     let mut annotations = pod.annotations.clone();
@@ -177,13 +175,6 @@ pub fn subject(req: &CreateContainerRequest) -> Option<Subject> {
         container_name: non_empty(&container.name),
         pod_namespace: non_empty(&pod.namespace),
     })
-}
-
-fn asks(annotations: &BTreeMap<String, String>) -> bool {
-    annotations
-        .range::<str, _>((Bound::Included(PREFIX), Bound::Unbounded))
-        .next()
-        .is_some_and(|(k, _)| k.starts_with(PREFIX))
 }
 
 fn has_hook(hooks: &Hooks, path: &str) -> bool {
@@ -260,7 +251,7 @@ mod tests {
         }
     }
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
