@@ -312,22 +312,6 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// The spec's annotations. Absent means none; anything but an object of
-/// strings is an error (the OCI spec says `map[string]string`).
-pub fn annotations(spec: &Value) -> anyhow::Result<BTreeMap<String, String>> {
-    match spec.get("annotations") {
-        None | Some(Value::Null) => Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                other => bail!("/annotations/{k} is {}, not a string", kind(other)),
-            })
-            .collect(),
-        Some(other) => bail!("/annotations is {}, not an object", kind(other)),
-    }
-}
-
 /// A bundle's config.json as read from disk, ready to be edited and written
 /// back only if the edit changed something.
 #[derive(Debug)]
@@ -361,7 +345,7 @@ impl SpecFile {
     }
 
     pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        annotations(&self.spec).with_context(|| format!("in {}", self.path.display()))
+        crate::state::annotations(&self.spec).with_context(|| format!("in {}", self.path.display()))
     }
 
     /// Applies the grant and writes the file when that changed anything; an
@@ -627,18 +611,6 @@ mod tests {
         spec["linux"] = json!({"devices": null, "resources": null});
         spec["process"]["user"]["additionalGids"] = Value::Null;
         assert_eq!(apply(&mut spec, &grant(), &hook()).unwrap().0.len(), 6);
-    }
-
-    #[test]
-    fn annotations_shape() {
-        assert!(annotations(&json!({})).unwrap().is_empty());
-        let a = annotations(&json!({"annotations": {"oci-tpm-hook/device": "tpmrm0"}})).unwrap();
-        assert_eq!(a["oci-tpm-hook/device"], "tpmrm0");
-        let err = annotations(&json!({"annotations": {"k": 1}}))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/annotations/k"), "{err}");
-        assert!(annotations(&json!({"annotations": []})).is_err());
     }
 
     #[test]

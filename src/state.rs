@@ -54,11 +54,8 @@ impl ContainerState {
             .filter(|s| s.starts_with('/'))
             .ok_or_else(|| anyhow!("OCI state of container {id} has no absolute \"bundle\" path"))?
             .into();
-        let annotations = match obj.get("annotations") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(a) => string_map(a)
-                .with_context(|| format!("OCI state of container {id}: bad \"annotations\""))?,
-        };
+        let annotations = annotations(&v)
+            .with_context(|| format!("OCI state of container {id}: bad \"annotations\""))?;
         Ok(Self {
             id,
             pid,
@@ -68,16 +65,21 @@ impl ContainerState {
     }
 }
 
-fn string_map(v: &Value) -> anyhow::Result<BTreeMap<String, String>> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| anyhow!("expected an object of strings"))?;
-    obj.iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => Ok((k.clone(), s.clone())),
-            other => Err(anyhow!("value of {k:?} is {other}, not a string")),
-        })
-        .collect()
+/// The `annotations` of an OCI document (the state or config.json): absent
+/// or null means none; anything but an object of strings is an error (the
+/// OCI spec says `map[string]string`).
+pub fn annotations(doc: &Value) -> anyhow::Result<BTreeMap<String, String>> {
+    match doc.get("annotations") {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => bail!("/annotations/{k} is {other}, not a string"),
+            })
+            .collect(),
+        Some(other) => bail!("/annotations is {other}, not an object"),
+    }
 }
 
 /// A bundle's config.json, kept as JSON.
@@ -147,6 +149,18 @@ impl BundleSpec {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn annotations_shape() {
+        assert!(annotations(&json!({})).unwrap().is_empty());
+        let a = annotations(&json!({"annotations": {"oci-tpm-hook/device": "tpmrm0"}})).unwrap();
+        assert_eq!(a["oci-tpm-hook/device"], "tpmrm0");
+        let err = annotations(&json!({"annotations": {"k": 1}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/annotations/k"), "{err}");
+        assert!(annotations(&json!({"annotations": []})).is_err());
+    }
 
     #[test]
     fn runc_and_crun_states() {
