@@ -22,6 +22,7 @@ use crate::policy::{self, Policy};
 use crate::request;
 use crate::state::{BundleSpec, ContainerState};
 use crate::tpm::{self, SelfTestLevel, SelfTestReport};
+use crate::userns::IdMaps;
 
 /// Time on top of the self-test's own deadline for forking, joining and
 /// making the node.
@@ -163,9 +164,10 @@ fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::R
         gid: grant.gid,
     };
     let method = if bundle.has_user_namespace() {
-        check_gid_mapped(state.pid, grant)?;
+        let maps = IdMaps::of_process(state.pid)?;
+        check_gid_mapped(&maps, grant)?;
         NodeMethod::BindHostNode {
-            as_owner: container_root_on_host(state.pid)?,
+            as_owner: maps.root_on_host(),
         }
     } else {
         NodeMethod::Mknod
@@ -203,11 +205,8 @@ fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::R
 /// In a user namespace the node keeps its host group; unless the namespace
 /// maps that GID, nothing in the container can ever open the node, and a
 /// self-test run with host privileges would prove nothing for it.
-fn check_gid_mapped(pid: i32, grant: &Grant) -> anyhow::Result<()> {
-    let path = format!("/proc/{pid}/gid_map");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let map = crate::userns::parse_id_map(&text).with_context(|| format!("bad {path}"))?;
-    if crate::userns::inside_id(&map, grant.gid).is_none() {
+fn check_gid_mapped(maps: &IdMaps, grant: &Grant) -> anyhow::Result<()> {
+    if crate::userns::inside_id(&maps.gid, grant.gid).is_none() {
         let group = grant
             .group_name
             .as_deref()
@@ -223,17 +222,6 @@ fn check_gid_mapped(pid: i32, grant: &Grant) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The host uid and gid that the container's root is, if it has one.
-fn container_root_on_host(pid: i32) -> anyhow::Result<Option<(u32, u32)>> {
-    let root_of = |file: &str| -> anyhow::Result<Option<u32>> {
-        let path = format!("/proc/{pid}/{file}");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let map = crate::userns::parse_id_map(&text).with_context(|| format!("bad {path}"))?;
-        Ok(crate::userns::outside_id(&map, 0))
-    };
-    Ok(root_of("uid_map")?.zip(root_of("gid_map")?))
 }
 
 fn run_self_test(

@@ -35,6 +35,33 @@ pub fn parse_id_map(text: &str) -> anyhow::Result<Vec<IdMapping>> {
         .collect()
 }
 
+/// A process's user-namespace maps, read once from /proc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMaps {
+    pub uid: Vec<IdMapping>,
+    pub gid: Vec<IdMapping>,
+}
+
+impl IdMaps {
+    pub fn of_process(pid: i32) -> anyhow::Result<Self> {
+        let read = |file: &str| -> anyhow::Result<Vec<IdMapping>> {
+            let path = format!("/proc/{pid}/{file}");
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read {path}: {e}"))?;
+            parse_id_map(&text).map_err(|e| anyhow!("bad {path}: {e:#}"))
+        };
+        Ok(Self {
+            uid: read("uid_map")?,
+            gid: read("gid_map")?,
+        })
+    }
+
+    /// The host uid and gid that the namespace's root is, if it has one.
+    pub fn root_on_host(&self) -> Option<(u32, u32)> {
+        outside_id(&self.uid, 0).zip(outside_id(&self.gid, 0))
+    }
+}
+
 /// The id inside the namespace that `outside` (a host id) appears as.
 pub fn inside_id(map: &[IdMapping], outside: u32) -> Option<u32> {
     map.iter().find_map(|m| {
@@ -68,6 +95,20 @@ mod tests {
         assert_eq!(outside_id(&m, 65_536), None);
         let identity = parse_id_map("0 0 4294967295").unwrap();
         assert_eq!(inside_id(&identity, 113), Some(113));
+    }
+
+    #[test]
+    fn root_on_host() {
+        let maps = IdMaps {
+            uid: parse_id_map("0 100000 65536").unwrap(),
+            gid: parse_id_map("0 200000 65536\n5000 102 1").unwrap(),
+        };
+        assert_eq!(maps.root_on_host(), Some((100_000, 200_000)));
+        let no_root = IdMaps {
+            uid: parse_id_map("1 100000 10").unwrap(),
+            gid: maps.gid.clone(),
+        };
+        assert_eq!(no_root.root_on_host(), None);
     }
 
     #[test]
