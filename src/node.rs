@@ -7,7 +7,7 @@
 //! followed, and anything at the node's path that is not the expected device
 //! is refused, not replaced.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path};
 
 use anyhow::{anyhow, bail, Context};
@@ -363,10 +363,6 @@ impl NodeDir {
             bail!("{} changed under the hook", spec.path.display());
         }
         Ok(fd)
-    }
-
-    pub fn dir_fd(&self) -> BorrowedFd<'_> {
-        self.dir.as_fd()
     }
 
     /// Removes what [`NodeDir::ensure`] made, after a failed self-test; a
