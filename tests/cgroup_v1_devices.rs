@@ -6,18 +6,18 @@
 //! a runtime (deny all, allow /dev/null), and checks real `open()` results
 //! from a child process moved into it. A guard removes the directory.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, pipe, ForkResult};
 use oci_tpm_hook::cgroup::{
     self, mountinfo, v1, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess,
 };
+
+#[path = "support/cgroup_child.rs"]
+mod cgroup_child;
+use cgroup_child::open_in;
 
 const ZERO_DEV: DeviceAccess = DeviceAccess { major: 1, minor: 5 };
 
@@ -69,47 +69,6 @@ impl Drop for TestCgroup {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir(&self.0) {
             eprintln!("cleanup: removing {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// Forks a child, moves it into `cg`, calls `inspect` with its pid, then
-/// has it open `path` read-write; returns the child's `open()` result.
-fn open_in(cg: &ContainerCgroup, path: &str, inspect: impl FnOnce(i32)) -> Result<(), Errno> {
-    let cpath = CString::new(path).unwrap();
-    let (rx, tx) = pipe().unwrap();
-    // SAFETY: the child only makes async-signal-safe calls (read, open,
-    // _exit) on data prepared before the fork.
-    match unsafe { fork() }.unwrap() {
-        ForkResult::Child => unsafe {
-            let mut b = 0u8;
-            libc::read(rx.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1);
-            let fd = libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            libc::_exit(if fd >= 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
-        },
-        ForkResult::Parent { child } => {
-            drop(rx);
-            let joined = cg.join(child.as_raw());
-            let inspected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if joined.is_ok() {
-                    inspect(child.as_raw());
-                }
-            }));
-            nix::unistd::write(&tx, b"x").unwrap();
-            let status = waitpid(child, None).unwrap();
-            joined.unwrap();
-            if let Err(panic) = inspected {
-                std::panic::resume_unwind(panic);
-            }
-            match status {
-                WaitStatus::Exited(_, 0) => Ok(()),
-                WaitStatus::Exited(_, code) => Err(Errno::from_raw(code)),
-                other => panic!("child ended oddly: {other:?}"),
-            }
         }
     }
 }

@@ -6,17 +6,14 @@
 //! `open()` results from a child process moved into that cgroup. A guard
 //! detaches the programs and removes the directories.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, pipe, ForkResult};
 use oci_tpm_hook::cgroup::bpf::filter::{deny_by_default, Rule};
 use oci_tpm_hook::cgroup::bpf::insn::{Insn, R0};
 use oci_tpm_hook::cgroup::bpf::patch;
@@ -25,6 +22,10 @@ use oci_tpm_hook::cgroup::bpf::unblind::unblind;
 use oci_tpm_hook::cgroup::{
     self, mountinfo, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess,
 };
+
+#[path = "support/cgroup_child.rs"]
+mod cgroup_child;
+use cgroup_child::open_in;
 
 const NULL: &str = "/dev/null"; // 1:3, allowed by the "runtime"
 const ZERO: &str = "/dev/zero"; // 1:5, what we grant
@@ -113,50 +114,6 @@ impl Drop for TestCgroup {
         for dir in [&self.child, &self.parent] {
             if let Err(e) = fs::remove_dir(dir) {
                 eprintln!("cleanup: removing {}: {e}", dir.display());
-            }
-        }
-    }
-}
-
-/// Forks a child, moves it into `cg` with [`ContainerCgroup::join`], calls
-/// `inspect` with its pid while it sits there, then has it open `path`
-/// read-write. Returns the child's `open()` result.
-fn open_in(cg: &ContainerCgroup, path: &str, inspect: impl FnOnce(i32)) -> Result<(), Errno> {
-    let cpath = CString::new(path).unwrap();
-    let (rx, tx) = pipe().unwrap();
-    // SAFETY: the child only makes async-signal-safe calls (read, open,
-    // _exit) on data prepared before the fork.
-    match unsafe { fork() }.unwrap() {
-        ForkResult::Child => unsafe {
-            let mut b = 0u8;
-            libc::read(rx.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1);
-            let fd = libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            libc::_exit(if fd >= 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
-        },
-        ForkResult::Parent { child } => {
-            drop(rx);
-            let joined = cg.join(child.as_raw());
-            // Release the child before asserting anything, so a failed
-            // check never leaves it blocked in the test cgroup.
-            let inspected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if joined.is_ok() {
-                    inspect(child.as_raw());
-                }
-            }));
-            nix::unistd::write(&tx, b"x").unwrap();
-            let status = waitpid(child, None).unwrap();
-            joined.unwrap();
-            if let Err(panic) = inspected {
-                std::panic::resume_unwind(panic);
-            }
-            match status {
-                WaitStatus::Exited(_, 0) => Ok(()),
-                WaitStatus::Exited(_, code) => Err(Errno::from_raw(code)),
-                other => panic!("child ended oddly: {other:?}"),
             }
         }
     }
