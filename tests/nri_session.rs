@@ -9,13 +9,16 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
-use oci_tpm_hook::host::HostRoots;
 use oci_tpm_hook::nri::api::{self, Message};
 use oci_tpm_hook::nri::mux::{self, Demux};
 use oci_tpm_hook::nri::plugin::TpmPlugin;
 use oci_tpm_hook::nri::stub::{Ended, Registration, Session, State};
 use oci_tpm_hook::nri::ttrpc::{self, Decoder, Request, Response};
 use oci_tpm_hook::policy::{self, Policy};
+
+#[path = "support/fake_host.rs"]
+mod fake_host;
+use fake_host::fake_host;
 
 /// The runtime's end of the connection.
 struct FakeRuntime {
@@ -193,16 +196,7 @@ struct Host {
 
 fn host() -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let roots = HostRoots {
-        dev: dir.path().join("dev"),
-        sys: dir.path().join("sys"),
-        group_file: dir.path().join("group"),
-    };
-    fs::create_dir_all(roots.sys.join("class/tpmrm/tpmrm0")).unwrap();
-    fs::write(roots.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
-    fs::create_dir_all(&roots.dev).unwrap();
-    std::os::unix::fs::symlink("/dev/null", roots.dev.join("tpmrm0")).unwrap();
-    fs::write(&roots.group_file, "tss:x:102:\n").unwrap();
+    let roots = fake_host(dir.path(), 102);
     let hook = dir.path().join("hook");
     fs::write(&hook, "").unwrap();
     let mut p = Policy::default();

@@ -10,6 +10,10 @@ use oci_tpm_hook::policy::Policy;
 use oci_tpm_hook::runtime_shim::{parse_args, prepare_bundle, BundleOutcome, RuntimeLog};
 use serde_json::Value;
 
+#[path = "support/fake_host.rs"]
+mod fake_host;
+use fake_host::fake_host;
+
 struct Host {
     dir: tempfile::TempDir,
     roots: HostRoots,
@@ -18,19 +22,7 @@ struct Host {
 
 fn host() -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let roots = HostRoots {
-        dev: dir.path().join("dev"),
-        sys: dir.path().join("sys"),
-        group_file: dir.path().join("group"),
-    };
-    fs::create_dir_all(roots.sys.join("class/tpmrm/tpmrm0")).unwrap();
-    fs::create_dir_all(roots.sys.join("class/tpm/tpm0")).unwrap();
-    fs::write(roots.sys.join("class/tpm/tpm0/tpm_version_major"), "2\n").unwrap();
-    // /dev/null stands in for the device: any character device will do.
-    fs::write(roots.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
-    fs::create_dir_all(&roots.dev).unwrap();
-    std::os::unix::fs::symlink("/dev/null", roots.dev.join("tpmrm0")).unwrap();
-    fs::write(&roots.group_file, "root:x:0:\ntss:x:974:\n").unwrap();
+    let roots = fake_host(dir.path(), 974);
     let hook = dir.path().join("oci-tpm-hook");
     fs::write(&hook, "#!/bin/sh\n").unwrap();
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
