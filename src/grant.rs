@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::host::{container_path, HostRoots, HostTpm};
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 use crate::request::{self, Requester, TpmRequest};
 use crate::tpm::SelfTestLevel;
 
@@ -89,6 +89,47 @@ impl Grant {
     pub fn env(&self) -> [(&'static str, String); 2] {
         let tcti = format!("device:{}", self.container_path.display());
         [("TPM2TOOLS_TCTI", tcti.clone()), ("TSS2_TCTI", tcti)]
+    }
+}
+
+/// Head room the hook gets above the self-test's own deadline, for host
+/// validation and joining the container before the test starts.
+const HOOK_TIMEOUT_MARGIN_SECS: u64 = 5;
+
+/// The createRuntime hook entry a spec-editing front-end (docker wrapper,
+/// NRI plugin) adds, so that the hook validates the device and runs the
+/// self-test inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookEntry {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs; runtimes give hooks this environment and nothing else.
+    pub env: Vec<String>,
+    /// Seconds the runtime waits for the hook before killing it.
+    pub timeout: Option<u64>,
+}
+
+impl HookEntry {
+    /// The entry for `oci-tpm-hook` in hook mode (argv0 only, no subcommand),
+    /// with a timeout a little above the grant's self-test deadline.
+    pub fn for_grant(hook_path: &Path, grant: &Grant, env: Vec<String>) -> Self {
+        let test_secs = grant.timeout.as_millis().div_ceil(1000) as u64;
+        Self {
+            path: hook_path.to_path_buf(),
+            args: vec!["oci-tpm-hook".into()],
+            env,
+            timeout: Some(test_secs + HOOK_TIMEOUT_MARGIN_SECS),
+        }
+    }
+
+    /// The hook's environment when the front-end judged by `policy_file`:
+    /// hand a non-default policy on, so that both judge by the same rules.
+    pub fn policy_env(policy_file: &Path) -> Vec<String> {
+        if policy_file == Path::new(policy::DEFAULT_PATH) {
+            Vec::new()
+        } else {
+            vec![format!("{}={}", policy::PATH_ENV, policy_file.display())]
+        }
     }
 }
 
@@ -186,6 +227,15 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn hook_entry_passes_a_non_default_policy_on() {
+        assert!(HookEntry::policy_env(Path::new(policy::DEFAULT_PATH)).is_empty());
+        assert_eq!(
+            HookEntry::policy_env(Path::new("/etc/x.toml")),
+            ["OCI_TPM_HOOK_CONFIG=/etc/x.toml"]
+        );
     }
 
     #[test]

@@ -23,10 +23,11 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 
+use crate::grant::HookEntry;
 use crate::grant::{decide, Subject};
 use crate::host::HostRoots;
-use crate::policy::{resolve_path, Policy, PATH_ENV};
-use crate::spec_edit::{Changes, HookEntry, SpecFile};
+use crate::policy::{resolve_path, Policy};
+use crate::spec_edit::{Changes, SpecFile};
 
 /// Prefix of every message, so a user reading docker's error knows who spoke.
 pub const PREFIX: &str = "oci-tpm-runtime";
@@ -451,7 +452,11 @@ pub fn prepare_bundle(
             policy.hook.path.display()
         );
     }
-    let hook = HookEntry::for_grant(&policy.hook.path, &grant, hook_env());
+    let hook = HookEntry::for_grant(
+        &policy.hook.path,
+        &grant,
+        HookEntry::policy_env(&resolve_path(None)),
+    );
     let changes = file
         .apply_and_write(&grant, &hook)
         .with_context(|| format!("{who}: bundle {}", bundle_display(inv)))?;
@@ -473,14 +478,6 @@ fn bundle_display(inv: &Invocation) -> String {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|_| ".".into()),
     }
-}
-
-/// Runtimes run hooks with the entry's environment only: hand the hook the
-/// policy file the wrapper was told to use, so both judge by the same rules.
-fn hook_env() -> Vec<String> {
-    std::env::var(PATH_ENV)
-        .map(|p| vec![format!("{PATH_ENV}={p}")])
-        .unwrap_or_default()
 }
 
 /// Everything before the exec: policy, runtime, bundle. The runtime is found

@@ -21,37 +21,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::grant::Grant;
+use crate::grant::{Grant, HookEntry};
 
-/// The createRuntime hook entry a spec-editing front-end adds, so that the
-/// hook validates the device and runs the self-test inside the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookEntry {
-    pub path: PathBuf,
-    pub args: Vec<String>,
-    /// `KEY=VALUE` pairs; runtimes give hooks this environment and nothing else.
-    pub env: Vec<String>,
-    /// Seconds the runtime waits for the hook before killing it.
-    pub timeout: Option<u64>,
+/// How the hook entry looks in config.json.
+trait HookValue {
+    fn to_value(&self) -> Value;
 }
 
-/// Head room the hook gets above the self-test's own deadline, for host
-/// validation and joining the container before the test starts.
-const HOOK_TIMEOUT_MARGIN_SECS: u64 = 5;
-
-impl HookEntry {
-    /// The entry for `oci-tpm-hook` in hook mode (argv0 only, no subcommand),
-    /// with a timeout a little above the grant's self-test deadline.
-    pub fn for_grant(hook_path: &Path, grant: &Grant, env: Vec<String>) -> Self {
-        let test_secs = grant.timeout.as_millis().div_ceil(1000) as u64;
-        Self {
-            path: hook_path.to_path_buf(),
-            args: vec!["oci-tpm-hook".into()],
-            env,
-            timeout: Some(test_secs + HOOK_TIMEOUT_MARGIN_SECS),
-        }
-    }
-
+impl HookValue for HookEntry {
     fn to_value(&self) -> Value {
         let mut entry = Map::new();
         entry.insert("path".into(), json!(self.path.to_string_lossy()));

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use oci_tpm_hook::grant::Grant;
+use oci_tpm_hook::grant::HookEntry;
 use oci_tpm_hook::host::HostTpm;
-use oci_tpm_hook::spec_edit::{HookEntry, SpecFile};
+use oci_tpm_hook::spec_edit::SpecFile;
 use oci_tpm_hook::tpm::SelfTestLevel;
 use serde_json::Value;
 

@@ -11,14 +11,10 @@ use tracing::{info, warn};
 use super::api::{self, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, LinuxDevice};
 use super::stub::Plugin;
 use super::ttrpc::{code, Status};
-use crate::grant::{decide, Grant, Subject};
+use crate::grant::{decide, Grant, HookEntry, Subject};
 use crate::host::HostRoots;
-use crate::policy::{self, Policy};
+use crate::policy::Policy;
 use crate::request::mentions_us;
-
-/// How much longer than the self-test the hook may take: host validation,
-/// forking into the container, making the node.
-const HOOK_TIMEOUT_MARGIN_SECS: i64 = 5;
 
 pub struct TpmPlugin {
     pub policy: Policy,
@@ -68,21 +64,12 @@ impl TpmPlugin {
         if missing {
             return None;
         }
-        let mut env = Vec::new();
-        if self.policy_path != std::path::Path::new(policy::DEFAULT_PATH) {
-            env.push(format!(
-                "{}={}",
-                policy::PATH_ENV,
-                self.policy_path.display()
-            ));
-        }
-        let timeout = grant.timeout.as_secs_f64().ceil() as i64 + HOOK_TIMEOUT_MARGIN_SECS;
+        let entry = HookEntry::for_grant(path, grant, HookEntry::policy_env(&self.policy_path));
         Some(Hook {
-            path: path.display().to_string(),
-            // argv0 and no subcommand: hook mode.
-            args: vec!["oci-tpm-hook".into()],
-            env,
-            timeout: Some(timeout),
+            path: entry.path.display().to_string(),
+            args: entry.args,
+            env: entry.env,
+            timeout: entry.timeout.map(|t| t as i64),
         })
     }
 }
@@ -243,7 +230,7 @@ mod tests {
         fs::write(&hook, "").unwrap();
         let mut policy = Policy::default();
         policy.hook.path = hook.clone();
-        let plugin = TpmPlugin::new(policy, policy::DEFAULT_PATH.into(), host, true);
+        let plugin = TpmPlugin::new(policy, crate::policy::DEFAULT_PATH.into(), host, true);
         Fixture {
             _dir: dir,
             plugin,
