@@ -24,23 +24,17 @@ use serde_json::{json, Map, Value};
 use crate::grant::{Grant, HookEntry};
 
 /// How the hook entry looks in config.json.
-trait HookValue {
-    fn to_value(&self) -> Value;
-}
-
-impl HookValue for HookEntry {
-    fn to_value(&self) -> Value {
-        let mut entry = Map::new();
-        entry.insert("path".into(), json!(self.path.to_string_lossy()));
-        entry.insert("args".into(), json!(self.args));
-        if !self.env.is_empty() {
-            entry.insert("env".into(), json!(self.env));
-        }
-        if let Some(t) = self.timeout {
-            entry.insert("timeout".into(), json!(t));
-        }
-        Value::Object(entry)
+fn hook_value(hook: &HookEntry) -> Value {
+    let mut entry = Map::new();
+    entry.insert("path".into(), json!(hook.path.to_string_lossy()));
+    entry.insert("args".into(), json!(hook.args));
+    if !hook.env.is_empty() {
+        entry.insert("env".into(), json!(hook.env));
     }
+    if let Some(t) = hook.timeout {
+        entry.insert("timeout".into(), json!(t));
+    }
+    Value::Object(entry)
 }
 
 /// One edit [`apply`] made.
@@ -175,7 +169,7 @@ fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::
         .iter()
         .any(|h| h.get("path").and_then(Value::as_str) == Some(&hook_path));
     if !present {
-        create_runtime.push(hook.to_value());
+        create_runtime.push(hook_value(hook));
         changes.push(Change::Hook(hook.path.clone()));
     }
     Ok(Changes(changes))
@@ -478,7 +472,7 @@ mod tests {
         g.timeout = Duration::from_millis(2500);
         let h = HookEntry::for_grant(Path::new("/h"), &g, vec!["A=b".into()]);
         assert_eq!(h.timeout, Some(8));
-        assert_eq!(h.to_value()["env"], json!(["A=b"]));
+        assert_eq!(hook_value(&h)["env"], json!(["A=b"]));
     }
 
     #[test]
