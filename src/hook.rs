@@ -64,6 +64,7 @@ pub fn run(
     if !request::mentions_us(&state.annotations) {
         return Ok(HookResult::NotRequested);
     }
+    scrub_process_environment();
 
     let policy = Policy::load(&policy::resolve_path(config))?;
     crate::log::init(&policy.log, "oci-tpm-hook")?;
@@ -95,6 +96,19 @@ pub fn run(
         Err(e) if required => Err(e),
         Err(e) => Ok(skip_optional(&subject, e)),
     }
+}
+
+/// The hook acts with the runtime's privileges next to a container image it
+/// must not trust: from here on nothing inherited (environment, cwd) may
+/// steer it. A container that asks for nothing never gets this far, so the
+/// fast path does not pay for it.
+fn scrub_process_environment() {
+    // Single-threaded here, so changing the environment races with nothing.
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let _ = std::env::set_current_dir("/");
 }
 
 fn skip_optional(subject: &Subject, error: anyhow::Error) -> HookResult {

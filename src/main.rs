@@ -45,9 +45,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The hook runs with the runtime's privileges next to a container image it
-/// must not trust: it starts from a clean slate (no inherited environment,
-/// cwd `/`) before reading anything.
+/// The createRuntime hook: options, then the state on stdin (`hook::run`).
 fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
     let mut config: Option<PathBuf> =
         std::env::var_os(oci_tpm_hook::policy::PATH_ENV).map(PathBuf::from);
@@ -71,8 +69,6 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
             Err(e) => return usage_error(e),
         }
     }
-    scrub_process_environment();
-
     match hook::run(
         std::io::stdin().lock(),
         config.as_deref(),
@@ -110,13 +106,4 @@ fn nri_main(args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
 fn usage_error(e: lexopt::Error) -> ExitCode {
     eprintln!("oci-tpm-hook: {e}\n{USAGE}");
     ExitCode::from(2)
-}
-
-fn scrub_process_environment() {
-    // Single-threaded here, so changing the environment races with nothing.
-    for (key, _) in std::env::vars_os() {
-        std::env::remove_var(key);
-    }
-    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    let _ = std::env::set_current_dir("/");
 }
