@@ -337,6 +337,8 @@ load_image_containerd() {
 install_hooks_dir() {
     local src="${1:-$LAB_REPO/hooks.d}" dst=/run/lab/hooks.d f bin
     [[ -d "$src" ]] || fail "no hooks directory at $src"
+    # Start empty: a hook file an earlier scenario installed would run too.
+    rm -rf "$dst"
     mkdir -p "$dst"
     for f in "$src"/*.json; do
         [[ -f "$f" ]] || fail "no hook JSON files in $src"
