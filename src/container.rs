@@ -1,14 +1,19 @@
-//! Acting as the container: a forked child that joins the container's cgroup
-//! and mount namespace and runs one task there.
+//! Acting as the container: a forked child that joins the container's
+//! namespaces (and cgroup, where the caller asks) and runs one task there.
 //!
-//! Why a child: `setns(CLONE_NEWNS)` is refused in a multi-threaded process,
-//! and the device cgroup checks `open()` against the *opener's* cgroup, so
-//! only a process inside the container's cgroup proves the rule works. The
-//! child's answer comes back over a pipe as JSON; the parent bounds the wait
-//! and kills the child (by its own pid) when the deadline passes.
+//! Why a child: `setns(CLONE_NEWNS)` and `setns(CLONE_NEWUSER)` are refused
+//! in a multi-threaded process, the device cgroup checks `open()` against
+//! the *opener's* cgroup, and the self-test must run with the container
+//! process's own credentials, which cannot be given back. The child's answer
+//! comes back over a pipe as JSON; the parent bounds the wait and kills the
+//! child (by its own pid) when the deadline passes. The child dies with the
+//! hook (`PR_SET_PDEATHSIG`) and holds none of the runtime's pipes, so a
+//! runtime that kills the hook at its timeout is not kept waiting and leaves
+//! nothing running in the container's cgroup.
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -24,46 +29,72 @@ use serde::Serialize;
 pub struct ContainerProcess {
     pub pid: i32,
     mount_ns: OwnedFd,
+    /// The container's user namespace, when it is not the hook's own.
+    user_ns: Option<OwnedFd>,
+}
+
+fn open_ns(pid: i32, ns: &str) -> anyhow::Result<OwnedFd> {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    nix::fcntl::open(
+        path.as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {path}: has the container's process {pid} exited?"))
 }
 
 impl ContainerProcess {
     /// Opens the namespace handles now, while the pid certainly names the
     /// container's init (the runtime holds it at createRuntime).
     pub fn open(pid: i32) -> anyhow::Result<Self> {
-        let path = format!("/proc/{pid}/ns/mnt");
-        let mount_ns = nix::fcntl::open(
-            path.as_str(),
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .with_context(|| {
-            format!("cannot open {path}: has the container's process {pid} exited?")
-        })?;
-        Ok(Self { pid, mount_ns })
+        let mount_ns = open_ns(pid, "mnt")?;
+        let user_ns = open_ns(pid, "user")?;
+        let same_user_ns = match (
+            std::fs::metadata("/proc/self/ns/user"),
+            std::fs::metadata(format!("/proc/{pid}/ns/user")),
+        ) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        };
+        Ok(Self {
+            pid,
+            mount_ns,
+            user_ns: (!same_user_ns).then_some(user_ns),
+        })
     }
 
-    /// Runs `task` in a child that first calls `join_cgroup` (with the
-    /// child's own pid) and then enters the container's mount namespace.
-    /// The result must arrive within `timeout`.
-    pub fn run<T, J, F>(&self, timeout: Duration, join_cgroup: J, task: F) -> anyhow::Result<T>
+    /// In the child: enter the container's mount namespace.
+    pub fn enter_mount_namespace(&self) -> anyhow::Result<()> {
+        setns(self.mount_ns.as_fd(), CloneFlags::CLONE_NEWNS)
+            .context("cannot enter the container's mount namespace")
+    }
+
+    /// The container's user namespace, when it has its own.
+    pub fn user_namespace(&self) -> Option<BorrowedFd<'_>> {
+        self.user_ns.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Runs `task` in a forked child; its result must arrive within
+    /// `timeout`. The task enters what it needs (see
+    /// [`enter_mount_namespace`](Self::enter_mount_namespace)).
+    pub fn run<T, F>(&self, timeout: Duration, task: F) -> anyhow::Result<T>
     where
         T: Serialize + DeserializeOwned,
-        J: FnOnce(i32) -> anyhow::Result<()>,
-        F: FnOnce() -> anyhow::Result<T>,
+        F: FnOnce(&Self) -> anyhow::Result<T>,
     {
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-        // SAFETY: the hook is single-threaded when it gets here (no runtime,
-        // no helper threads), so the child may run ordinary Rust code.
+        ensure_single_threaded()?;
+        let parent = nix::unistd::getpid();
+        // SAFETY: the process has one thread (checked just above), so the
+        // child starts with a consistent heap and no lock held by another
+        // thread, and may run ordinary Rust code.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(read_end);
                 let outcome = (|| -> anyhow::Result<T> {
-                    let me = nix::unistd::getpid().as_raw();
-                    join_cgroup(me).context("cannot join the container's cgroup")?;
-                    setns(self.mount_ns.as_fd(), CloneFlags::CLONE_NEWNS)
-                        .context("cannot enter the container's mount namespace")?;
-                    task()
+                    tie_to_parent(parent)?;
+                    task(self)
                 })();
                 let reply: Result<T, String> = outcome.map_err(|e| format!("{e:#}"));
                 let code = match serde_json::to_vec(&reply) {
@@ -73,8 +104,8 @@ impl ContainerProcess {
                     },
                     Err(_) => 3,
                 };
-                // Skip destructors and atexit handlers that belong to the
-                // parent.
+                // SAFETY: _exit only ends the process; it skips destructors
+                // and atexit handlers, which belong to the parent.
                 unsafe { libc::_exit(code) }
             }
             ForkResult::Parent { child } => {
@@ -84,8 +115,12 @@ impl ContainerProcess {
                     let _ = kill(child, Signal::SIGKILL);
                     // A child stuck in the TPM driver may take long to die
                     // (closing a device waits for the command in flight);
-                    // the hook's answer must not wait for it.
-                    reap_within(child, Duration::from_secs(1));
+                    // the hook's answer must not wait for it, and the
+                    // container's cgroup must not keep it: it goes back to
+                    // the hook's own cgroup until the kernel lets it die.
+                    if !reap_within(child, Duration::from_secs(1)) {
+                        evict(child);
+                    }
                 } else {
                     reap_within(child, Duration::from_secs(5));
                 }
@@ -101,9 +136,48 @@ impl ContainerProcess {
     }
 }
 
-/// Waits for the child to exit, at most `grace`; a child still running
-/// then is left to init, which reaps it once the hook has exited.
-fn reap_within(child: Pid, grace: Duration) {
+/// fork() in a multi-threaded process leaves the child with other threads'
+/// locks held forever; the hook has no threads, and this makes sure.
+fn ensure_single_threaded() -> anyhow::Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .ok_or_else(|| anyhow!("/proc/self/status has no Threads line"))?;
+    if threads != 1 {
+        bail!("internal error: acting as the container needs a single-threaded process, this one has {threads} threads");
+    }
+    Ok(())
+}
+
+/// In the child: die with the parent, and let go of the runtime's pipes.
+fn tie_to_parent(parent: Pid) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    // The parent may have died before the line above took effect.
+    if nix::unistd::getppid() != parent {
+        bail!("the hook exited before its helper started");
+    }
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .context("cannot open /dev/null")?;
+    for target in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors, which this child owns;
+        // no Rust object holds them.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup2 /dev/null");
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the child to exit, at most `grace`; false when it is still
+/// there, to be reaped by init once the hook has exited.
+fn reap_within(child: Pid, grace: Duration) -> bool {
     let deadline = Instant::now() + grace;
     loop {
         match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
@@ -112,8 +186,19 @@ fn reap_within(child: Pid, grace: Duration) {
             {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            _ => return,
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => return false,
+            _ => return true,
         }
+    }
+}
+
+/// Moves a killed child that has not died yet into the hook's own cgroup.
+fn evict(child: Pid) {
+    let moved =
+        crate::cgroup::locate(std::process::id() as i32).and_then(|own| own.join(child.as_raw()));
+    match moved {
+        Ok(()) => tracing::warn!(pid = child.as_raw(), "a helper stuck in the kernel was moved out of the container's cgroup; it ends when its TPM command returns"),
+        Err(e) => tracing::error!(pid = child.as_raw(), error = %format!("{e:#}"), "a helper stuck in the kernel could not be moved out of the container's cgroup"),
     }
 }
 
@@ -153,67 +238,19 @@ fn read_until(fd: OwnedFd, timeout: Duration) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    /// Entering a mount namespace (even our own) needs CAP_SYS_ADMIN.
-    fn me() -> Option<ContainerProcess> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: entering a mount namespace needs root");
-            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-            return None;
-        }
-        Some(ContainerProcess::open(std::process::id() as i32).unwrap())
-    }
-
-    #[test]
-    fn answer_comes_back() {
-        let Some(p) = me() else { return };
-        let v: Vec<u32> = p
-            .run(Duration::from_secs(5), |_| Ok(()), || Ok(vec![1, 2, 3]))
-            .unwrap();
-        assert_eq!(v, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn errors_come_back_with_context() {
-        let Some(p) = me() else { return };
-        let err = p
-            .run::<u8, _, _>(Duration::from_secs(5), |_| Ok(()), || Err(anyhow!("boom")))
-            .unwrap_err();
-        assert_eq!(err.to_string(), "boom");
-        let err = p
-            .run::<u8, _, _>(
-                Duration::from_secs(5),
-                |_| Err(anyhow!("no cgroup")),
-                || Ok(1),
-            )
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("cannot join the container's cgroup"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_hung_child_is_killed_at_the_deadline() {
-        let Some(p) = me() else { return };
-        let started = Instant::now();
-        let err = p
-            .run::<u8, _, _>(
-                Duration::from_millis(300),
-                |_| Ok(()),
-                || {
-                    std::thread::sleep(Duration::from_secs(30));
-                    Ok(1)
-                },
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("no answer"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
+    // Forking needs a single-threaded process, which the test harness is
+    // not: the child-process tests live in tests/container_child.rs, which
+    // runs without the harness.
 
     #[test]
     fn missing_process_is_a_clear_error() {
         let err = ContainerProcess::open(i32::MAX).err().unwrap().to_string();
         assert!(err.contains("exited"), "{err}");
+    }
+
+    #[test]
+    fn the_harness_is_refused_as_multi_threaded() {
+        let err = ensure_single_threaded().unwrap_err().to_string();
+        assert!(err.contains("threads"), "{err}");
     }
 }

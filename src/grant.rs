@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::host::{container_path, HostRoots, HostTpm};
-use crate::policy::{self, Policy};
+use crate::identity::{Engine, ProcessIdentity};
+use crate::policy::{self, NodeAccess, Policy};
 use crate::request::{self, Requester, TpmRequest};
+use crate::text::untrusted;
 use crate::tpm::SelfTestLevel;
 
 /// The node's mode: the owner (root) and the group may read and write.
@@ -43,23 +45,45 @@ impl Subject {
     }
 
     /// "container 3f2a… (pod attest/licence, container app)": how every
-    /// message names the container.
+    /// message names the container. Names come from whoever started the
+    /// container, so they are shown escaped.
     pub fn describe(&self) -> String {
         let r = self.requester();
         // Engines show 64-hex-digit ids by their first 12 digits; other ids
         // (runc's, CRI's names) are shown whole.
         let short = if self.id.len() == 64 && self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            &self.id[..12]
+            untrusted(&self.id[..12])
         } else {
-            self.id.as_str()
+            untrusted(&self.id)
         };
-        match (&r.pod_namespace, &r.pod_name, &r.container_name) {
+        let esc = |v: &Option<String>| v.as_deref().map(|s| untrusted(s).into_owned());
+        let (ns, pod, c) = (
+            esc(&r.pod_namespace),
+            esc(&r.pod_name),
+            esc(&r.container_name),
+        );
+        match (&ns, &pod, &c) {
             (Some(ns), Some(pod), Some(c)) => {
                 format!("container {short} (pod {ns}/{pod}, container {c})")
             }
             (Some(ns), _, Some(c)) => format!("container {short} (namespace {ns}, container {c})"),
             (_, _, Some(c)) => format!("container {short} ({c})"),
             _ => format!("container {short}"),
+        }
+    }
+
+    /// The container id, escaped for logs.
+    pub fn id_for_log(&self) -> String {
+        untrusted(&self.id).into_owned()
+    }
+
+    /// Who starts the container, as far as the fix for a refusal goes.
+    pub fn engine(&self) -> Engine {
+        let r = self.requester();
+        if r.pod_namespace.is_some() || r.pod_name.is_some() {
+            Engine::Kubernetes
+        } else {
+            Engine::Cli
         }
     }
 }
@@ -71,14 +95,48 @@ pub struct Grant {
     /// Where the node appears inside the container.
     pub container_path: PathBuf,
     pub mode: u32,
+    /// The policy's group (`[node] group`), as a host GID.
     pub gid: u32,
     pub group_name: Option<String>,
+    /// Whose group the node gets (`[node] access`); see [`Grant::node_gid`].
+    pub access: NodeAccess,
     pub self_test: SelfTestLevel,
     pub timeout: Duration,
     pub required: bool,
 }
 
 impl Grant {
+    /// The node's group for a container whose process is `process` (when
+    /// the front-end knows it): the policy's group, or with
+    /// `access = "process-gid"` the process's own GID.
+    pub fn node_gid(&self, process: Option<&ProcessIdentity>) -> u32 {
+        match (self.access, process) {
+            (NodeAccess::ProcessGid, Some(p)) => p.gid,
+            _ => self.gid,
+        }
+    }
+
+    /// Whether the process needs the node's group as an additional GID.
+    pub fn process_needs_group(&self) -> bool {
+        self.access == NodeAccess::Group
+    }
+
+    /// The request this grant answers, as annotations that a spec-editing
+    /// front-end adds to the container, so that the hook it adds finds the
+    /// same request in the container's own state (containerd does not copy
+    /// pod annotations into containers by default) without the per-container
+    /// form, which it already resolved.
+    pub fn request_annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (request::KEY_DEVICE.to_owned(), self.device.name.clone()),
+            (
+                request::KEY_SELF_TEST.to_owned(),
+                self.self_test.to_string(),
+            ),
+            (request::KEY_REQUIRED.to_owned(), self.required.to_string()),
+        ])
+    }
+
     /// The device-cgroup rule in `devices.allow` syntax.
     pub fn cgroup_rule(&self) -> String {
         format!("c {}:{} rw", self.device.major, self.device.minor)
@@ -192,6 +250,7 @@ fn grant_for(
         mode: NODE_MODE,
         gid: group.gid,
         group_name: group.name,
+        access: policy.node.access,
         self_test: policy.self_test_level(request),
         timeout: policy.self_test_timeout(),
         required: request.required,
@@ -268,6 +327,13 @@ mod tests {
         );
         assert_eq!(g.self_test, SelfTestLevel::Quick);
         assert!(g.required);
+        // The annotations parse back to the same request.
+        let back = request::parse(&g.request_annotations(), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.device, request::DeviceSelector::Named("tpmrm0".into()));
+        assert_eq!(back.self_test, Some(SelfTestLevel::Quick));
+        assert!(back.required);
     }
 
     #[test]

@@ -1,32 +1,46 @@
 //! The createRuntime hook: from the OCI state on stdin to a TPM proven
-//! working inside the container.
+//! working for the container's own process.
 //!
 //! Order: state → request? (no: return at once) → policy + host validation
-//! (`grant::decide`) → device-cgroup rule (unless the spec already allows
-//! the device) → node inside the rootfs → self-test from inside the
-//! container → one outcome event.
+//! (`grant::decide`) → config.json: the process's user, its user namespace,
+//! whether it could open the node at all (refused here, before anything
+//! changes) → the node inside the rootfs (refuses what the image planted)
+//! → the device-cgroup rule (unless the spec already allows the device) →
+//! the self-test, run as the container's process from inside its cgroup and
+//! namespaces → one outcome event. When a step after the first change
+//! fails, everything done so far is taken back: a refused or abandoned
+//! grant leaves no node and no rule behind.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{self, AllowOutcome, DeviceAccess};
+use crate::cgroup::{self, ContainerCgroup, DeviceAccess, DeviceGrant};
 use crate::container::ContainerProcess;
+use crate::credentials::{self, RanAs};
 use crate::grant::{self, Grant, Subject};
 use crate::host::HostRoots;
+use crate::identity::{self, NodeOwnership, ProcessIdentity};
 use crate::node::{self, NodeMethod, NodeOutcome, NodeSpec};
-use crate::policy::{self, Policy};
+use crate::policy::{self, NodeAccess, Policy};
 use crate::request;
 use crate::state::{BundleSpec, ContainerState};
 use crate::tpm::{self, SelfTestLevel, SelfTestReport};
 use crate::userns::IdMaps;
 
-/// Time on top of the self-test's own deadline for forking, joining and
-/// making the node.
-const CHILD_MARGIN: Duration = Duration::from_secs(2);
+/// Bound on the helper that makes the node (fork, setns, mknod).
+const NODE_STEP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time on top of the self-test's own deadline for forking, joining the
+/// cgroup and namespaces and taking the process's credentials.
+const SELF_TEST_MARGIN: Duration = Duration::from_secs(1);
+/// What the hook keeps of the runtime's timeout for undoing its work after
+/// a failed self-test and for exiting.
+const HOOK_RESERVE: Duration = Duration::from_millis(1500);
+/// Below this the self-test cannot be meaningful.
+const MIN_SELF_TEST: Duration = Duration::from_millis(200);
 
 /// What the hook did for one container.
 #[derive(Debug)]
@@ -42,10 +56,21 @@ pub enum HookResult {
 #[derive(Debug)]
 pub struct Delivery {
     pub grant: Grant,
+    /// The node's group in the container.
+    pub node_gid: u32,
     pub cgroup: String,
     pub node: NodeOutcome,
-    pub self_test: Option<SelfTestReport>,
+    /// Who the self-test ran as, and what it found.
+    pub self_test: Option<SelfTested>,
     pub duration: Duration,
+}
+
+/// The answer of the child that ran the self-test as the container's
+/// process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SelfTested {
+    pub ran_as: RanAs,
+    pub report: SelfTestReport,
 }
 
 /// Runs the hook on a state read from `input`. An `Err` fails the container.
@@ -80,7 +105,7 @@ pub fn run(
         Err(refusal) => return Ok(skip_optional(&subject, refusal.error)),
     };
     let required = grant.required;
-    match deliver(&state, &grant, started).with_context(|| {
+    match deliver(&state, &subject, &grant, started).with_context(|| {
         format!(
             "{}: TPM {} ({}:{}) could not be delivered",
             subject.describe(),
@@ -113,15 +138,8 @@ fn scrub_process_environment() {
 
 fn skip_optional(subject: &Subject, error: anyhow::Error) -> HookResult {
     let msg = format!("{error:#}");
-    tracing::warn!(container_id = %subject.id, "{msg}; oci-tpm-hook/required=false, so the container starts without a TPM");
+    tracing::warn!(container_id = %subject.id_for_log(), "{msg}; oci-tpm-hook/required=false, so the container starts without a TPM");
     HookResult::SkippedOptional(msg)
-}
-
-/// The answer of the child that acted as the container.
-#[derive(Debug, Serialize, Deserialize)]
-struct InContainer {
-    node: NodeOutcome,
-    self_test: Option<SelfTestReport>,
 }
 
 /// What the hook does needs these; a hook run without them (rootless
@@ -152,136 +170,311 @@ fn check_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deliver(state: &ContainerState, grant: &Grant, started: Instant) -> anyhow::Result<Delivery> {
-    check_privileges()?;
-    let bundle = BundleSpec::load(&state.bundle)?;
+/// Everything the delivery needs to know about the container before it
+/// changes anything.
+struct Plan {
+    rootfs: PathBuf,
+    process: ProcessIdentity,
+    node: NodeSpec,
+    method: NodeMethod,
+    /// The spec's own rules already allow the device.
+    rule_in_spec: bool,
+    /// How long the self-test may take, within the runtime's timeout.
+    self_test_timeout: Duration,
+}
+
+fn plan(
+    state: &ContainerState,
+    subject: &Subject,
+    grant: &Grant,
+    bundle: &BundleSpec,
+    started: Instant,
+) -> anyhow::Result<Plan> {
     let rootfs = bundle.rootfs()?;
-    let (major, minor) = (grant.device.major, grant.device.minor);
-
-    let cgroup = cgroup::locate(state.pid)
-        .with_context(|| format!("cannot find the cgroup of container process {}", state.pid))?;
-    let cgroup_outcome = if bundle.allows_char_device(major, minor)? {
-        "in-spec".to_owned()
+    let process = ProcessIdentity::from_spec(&bundle.spec).with_context(|| {
+        format!(
+            "{}/config.json has a malformed process user",
+            bundle.dir.display()
+        )
+    })?;
+    let maps = if bundle.has_user_namespace() {
+        Some(IdMaps::of_process(state.pid)?)
     } else {
-        match cgroup.allow_device(&DeviceAccess { major, minor })? {
-            AllowOutcome::Added => "added".to_owned(),
-            AllowOutcome::AlreadyAllowed => "already-allowed".to_owned(),
-            AllowOutcome::Unrestricted => "unrestricted".to_owned(),
-        }
+        None
     };
-
-    let spec = NodeSpec {
-        path: grant.container_path.clone(),
-        major,
-        minor,
-        mode: grant.mode,
-        gid: grant.gid,
-    };
-    let method = if bundle.has_user_namespace() {
-        let maps = IdMaps::of_process(state.pid)?;
-        check_gid_mapped(&maps, grant)?;
-        NodeMethod::BindHostNode {
-            as_owner: maps.root_on_host(),
-        }
-    } else {
-        NodeMethod::Mknod
-    };
-    let level = grant.self_test;
-    let timeout = grant.timeout;
-    let process = ContainerProcess::open(state.pid)?;
-    let answer: InContainer = process.run(
-        timeout + CHILD_MARGIN,
-        |me| cgroup.join(me),
-        || {
-            let dir = node::open_node_dir(&rootfs, &spec.path)?;
-            let node = dir.ensure(&spec, method)?;
-            let self_test = match run_self_test(&dir, &spec, level, timeout) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Leave nothing half-made: a node we made for a TPM that
-                    // does not answer is removed.
-                    dir.undo(&spec, node);
-                    return Err(e);
-                }
+    let (node_gid, method, ownership) = match &maps {
+        None => {
+            let gid = grant.node_gid(Some(&process));
+            let ownership = NodeOwnership {
+                uid: 0,
+                gid,
+                mode: grant.mode,
             };
-            Ok(InContainer { node, self_test })
-        },
+            (gid, NodeMethod::Mknod, ownership)
+        }
+        Some(maps) => {
+            if grant.access == NodeAccess::ProcessGid {
+                bail!(
+                    "the container has a user namespace: its node is the host's {} bind-mounted, \
+                     whose group cannot be the process's own; policy [node] access = \"process-gid\" \
+                     does not apply to it. Map host GID {} into the container instead \
+                     (e.g. podman --userns=auto:gidmapping=5000:{}:1 --group-add 5000)",
+                    grant.device.path.display(),
+                    grant.gid,
+                    grant.gid
+                );
+            }
+            // The container sees the host's node itself, with its host
+            // owner, group and mode.
+            let ownership = host_node_ownership(&grant.device.path)?;
+            let method = NodeMethod::BindHostNode {
+                as_owner: maps.root_on_host(),
+            };
+            (ownership.gid, method, ownership)
+        }
+    };
+    identity::check_access(&process, ownership, maps.as_ref()).map_err(|denied| {
+        anyhow!(
+            "{denied}, so it could not use {}; {}",
+            grant.container_path.display(),
+            denied.remedy(subject.engine())
+        )
+    })?;
+    let node = NodeSpec {
+        path: grant.container_path.clone(),
+        major: grant.device.major,
+        minor: grant.device.minor,
+        mode: grant.mode,
+        gid: node_gid,
+    };
+    let rule_in_spec = bundle.allows_char_device(node.major, node.minor)?;
+    let self_test_timeout = self_test_budget(
+        grant.timeout,
+        bundle.own_hook_timeout().map(Duration::from_secs),
+        started.elapsed(),
     )?;
-    Ok(Delivery {
-        grant: grant.clone(),
-        cgroup: format!("{} {}", cgroup.version(), cgroup_outcome),
-        node: answer.node,
-        self_test: answer.self_test,
-        duration: started.elapsed(),
+    Ok(Plan {
+        rootfs,
+        process,
+        node,
+        method,
+        rule_in_spec,
+        self_test_timeout,
     })
 }
 
-/// In a user namespace the node keeps its host group; unless the namespace
-/// maps that GID, nothing in the container can ever open the node, and a
-/// self-test run with host privileges would prove nothing for it.
-fn check_gid_mapped(maps: &IdMaps, grant: &Grant) -> anyhow::Result<()> {
-    if crate::userns::inside_id(&maps.gid, grant.gid).is_none() {
-        let group = grant
-            .group_name
-            .as_deref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        anyhow::bail!(
-            "the container has a user namespace that does not map host GID {}{group}, the group of {}: \
-             no process in it could open the device. Map that GID into the container \
-             (e.g. podman --userns=auto:gidmapping=<container-gid>:{}:1) or run it without a user namespace",
-            grant.gid,
-            grant.container_path.display(),
-            grant.gid
+/// The policy's self-test time, cut to what the runtime's timeout for the
+/// hook leaves once the hook's other steps and its undo work are counted:
+/// a hook killed by its runtime could not take its grant back.
+fn self_test_budget(
+    policy: Duration,
+    hook_timeout: Option<Duration>,
+    elapsed: Duration,
+) -> anyhow::Result<Duration> {
+    let Some(limit) = hook_timeout else {
+        return Ok(policy);
+    };
+    let left = limit
+        .saturating_sub(elapsed)
+        .saturating_sub(NODE_STEP_TIMEOUT + SELF_TEST_MARGIN + HOOK_RESERVE);
+    if left < MIN_SELF_TEST.min(policy) {
+        bail!(
+            "the runtime gives the hook only {} s (the \"timeout\" of its hooks.d entry), too little for a self-test \
+             of up to {} ms: raise that timeout to at least {} s or lower [self-test] timeout-ms",
+            limit.as_secs(),
+            policy.as_millis(),
+            (policy + NODE_STEP_TIMEOUT + SELF_TEST_MARGIN + HOOK_RESERVE)
+                .as_secs()
+                .saturating_add(1)
         );
     }
-    Ok(())
+    Ok(policy.min(left))
 }
 
-fn run_self_test(
-    dir: &node::NodeDir,
-    spec: &NodeSpec,
+fn host_node_ownership(path: &Path) -> anyhow::Result<NodeOwnership> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    Ok(NodeOwnership {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+    })
+}
+
+fn deliver(
+    state: &ContainerState,
+    subject: &Subject,
+    grant: &Grant,
+    started: Instant,
+) -> anyhow::Result<Delivery> {
+    check_privileges()?;
+    let bundle = BundleSpec::load(&state.bundle)?;
+    let plan = plan(state, subject, grant, &bundle, started)?;
+    let cgroup = cgroup::locate(state.pid)
+        .with_context(|| format!("cannot find the cgroup of container process {}", state.pid))?;
+    let process = ContainerProcess::open(state.pid)?;
+
+    // The node first: it refuses whatever the image planted at its path
+    // before the cgroup changes.
+    let node = make_node(&process, &plan)?;
+    let mut rule: Option<DeviceGrant> = None;
+    let outcome = (|| {
+        let cgroup_outcome = if plan.rule_in_spec {
+            "in-spec".to_owned()
+        } else {
+            let granted =
+                cgroup.allow_device(&DeviceAccess::new(plan.node.major, plan.node.minor))?;
+            let shown = granted.outcome.to_string();
+            rule = Some(granted);
+            shown
+        };
+        let self_test = self_test_as_the_process(&process, &cgroup, &plan, grant.self_test)?;
+        Ok((cgroup_outcome, self_test))
+    })();
+    match outcome {
+        Ok((cgroup_outcome, self_test)) => Ok(Delivery {
+            grant: grant.clone(),
+            node_gid: plan.node.gid,
+            cgroup: format!("{} {cgroup_outcome}", cgroup.version()),
+            node,
+            self_test,
+            duration: started.elapsed(),
+        }),
+        Err(e) => {
+            take_back(&process, &plan, node, rule);
+            Err(e)
+        }
+    }
+}
+
+fn make_node(process: &ContainerProcess, plan: &Plan) -> anyhow::Result<NodeOutcome> {
+    process.run(NODE_STEP_TIMEOUT, |p| {
+        p.enter_mount_namespace()?;
+        node::open_node_dir(&plan.rootfs, &plan.node.path)?.ensure(&plan.node, plan.method)
+    })
+}
+
+/// Undoes an abandoned grant: the rule first (so nothing can open the
+/// device any more), then the node. Failures here are logged; the error
+/// that made the hook give up is the one the user sees.
+fn take_back(
+    process: &ContainerProcess,
+    plan: &Plan,
+    node: NodeOutcome,
+    rule: Option<DeviceGrant>,
+) {
+    if let Some(rule) = rule {
+        if let Err(e) = rule.revoke() {
+            tracing::error!(error = %format!("{e:#}"), "could not take back the device-cgroup rule");
+        }
+    }
+    let undone = process.run(NODE_STEP_TIMEOUT, |p| {
+        p.enter_mount_namespace()?;
+        node::open_node_dir(&plan.rootfs, &plan.node.path)?.undo(&plan.node, node)
+    });
+    if let Err(e) = undone {
+        tracing::error!(error = %format!("{e:#}"), node = %plan.node.path.display(), "could not take back the node");
+    }
+}
+
+/// In a child that joined the container's cgroup, mount namespace and user
+/// namespace and took the process's own credentials: open the node as the
+/// container will, and talk to the TPM through it.
+fn self_test_as_the_process(
+    process: &ContainerProcess,
+    cgroup: &ContainerCgroup,
+    plan: &Plan,
     level: SelfTestLevel,
-    timeout: Duration,
-) -> anyhow::Result<Option<SelfTestReport>> {
+) -> anyhow::Result<Option<SelfTested>> {
     if level == SelfTestLevel::None {
         return Ok(None);
     }
-    let fd = dir.open_for_io(spec)?;
-    let mut transport = tpm::DeviceTransport::from_fd(fd)?;
-    let report = tpm::selftest::run(&mut transport, level, timeout).map_err(|e| {
-        anyhow::anyhow!("TPM self-test ({level}) from inside the container failed: {e}")
+    let timeout = plan.self_test_timeout;
+    let tested = process.run(timeout + SELF_TEST_MARGIN, |p| {
+        let me = nix::unistd::getpid().as_raw();
+        cgroup
+            .join(me)
+            .context("cannot join the container's cgroup")?;
+        p.enter_mount_namespace()?;
+        // Opened while still privileged: the rootfs's host path is not
+        // searchable for the container's user, its /dev is.
+        let dir = node::open_node_dir(&plan.rootfs, &plan.node.path)?;
+        let ran_as = credentials::assume(&plan.process, p.user_namespace())
+            .context("cannot become the container's process")?;
+        let fd = dir
+            .open_for_io(&plan.node)
+            .map_err(|e| anyhow!("as the container's process ({ran_as}): {e:#}"))?;
+        let mut transport = tpm::DeviceTransport::from_fd(fd)?;
+        let report = tpm::selftest::run(&mut transport, level, timeout).map_err(|e| {
+            anyhow!("TPM self-test ({level}) from inside the container, as {ran_as}, failed: {e}")
+        })?;
+        Ok(SelfTested { ran_as, report })
     })?;
-    Ok(Some(report))
+    Ok(Some(tested))
 }
 
 fn log_delivery(subject: &Subject, d: &Delivery) {
     let who = subject.requester();
-    let (manufacturer, firmware) = d
+    let shown = |v: &Option<String>| {
+        v.as_deref()
+            .map(|s| crate::text::untrusted(s).into_owned())
+            .unwrap_or_default()
+    };
+    let (manufacturer, firmware, ran_as) = d
         .self_test
         .as_ref()
-        .map(|r| {
+        .map(|t| {
             (
-                r.manufacturer.as_deref().unwrap_or(""),
-                r.firmware.as_deref().unwrap_or(""),
+                t.report.manufacturer.as_deref().unwrap_or(""),
+                t.report.firmware.as_deref().unwrap_or(""),
+                t.ran_as.to_string(),
             )
         })
-        .unwrap_or(("", ""));
+        .unwrap_or(("", "", String::new()));
     tracing::info!(
-        container_id = %subject.id,
-        pod_namespace = who.pod_namespace.as_deref().unwrap_or(""),
-        pod = who.pod_name.as_deref().unwrap_or(""),
-        container = who.container_name.as_deref().unwrap_or(""),
+        container_id = %subject.id_for_log(),
+        pod_namespace = %shown(&who.pod_namespace),
+        pod = %shown(&who.pod_name),
+        container = %shown(&who.container_name),
         device = %d.grant.container_path.display(),
         major_minor = %format!("{}:{}", d.grant.device.major, d.grant.device.minor),
-        gid = d.grant.gid,
+        gid = d.node_gid,
         cgroup = %d.cgroup,
         node = ?d.node,
         self_test = %d.grant.self_test,
         self_test_result = if d.self_test.is_some() { "passed" } else { "skipped" },
+        self_test_as = %ran_as,
         manufacturer,
         firmware,
         duration_ms = d.duration.as_millis() as u64,
         "TPM delivered"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_test_fits_the_runtimes_timeout() {
+        let five = Duration::from_secs(5);
+        assert_eq!(self_test_budget(five, None, Duration::ZERO).unwrap(), five);
+        assert_eq!(
+            self_test_budget(five, Some(Duration::from_secs(30)), Duration::ZERO).unwrap(),
+            five
+        );
+        // 7 s from the runtime, 1 s gone: 6 s - 2 s - 1 s - 1.5 s = 1.5 s.
+        assert_eq!(
+            self_test_budget(five, Some(Duration::from_secs(7)), Duration::from_secs(1)).unwrap(),
+            Duration::from_millis(1500)
+        );
+        let err = self_test_budget(five, Some(Duration::from_secs(3)), Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("only 3 s") && err.contains("at least 10 s"),
+            "{err}"
+        );
+    }
 }

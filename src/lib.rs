@@ -6,18 +6,22 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod credentials;
 pub mod device_rules;
 pub mod grant;
 pub mod hook;
 pub mod host;
+pub mod identity;
 pub mod log;
 pub mod node;
 pub mod nri;
 pub mod policy;
 pub mod request;
+pub mod runtime_report;
 pub mod runtime_shim;
 pub mod selftest_cli;
 pub mod spec_edit;
 pub mod state;
+pub mod text;
 pub mod tpm;
 pub mod userns;

@@ -82,9 +82,11 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
         }
         Err(e) => {
             // runc shows this to the user (podman, docker, kubelet); crun
-            // does not, so the host's log gets it too.
+            // discards it, so it also goes through crun itself and to the
+            // host's log.
             let message = format!("{e:#}");
             eprintln!("oci-tpm-hook: {message}");
+            oci_tpm_hook::runtime_report::report_through_runtime(&message);
             oci_tpm_hook::log::error_also_to_log(&message);
             ExitCode::FAILURE
         }

@@ -13,7 +13,7 @@ use std::path::{Component, Path};
 use anyhow::{anyhow, bail, Context};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstatat, makedev, mknodat, Mode, SFlag};
+use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
 use nix::unistd::{fchownat, unlinkat, Gid, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +50,9 @@ pub enum NodeOutcome {
     BindMounted,
     /// The right node was already there (e.g. `--device`), as it should be.
     Kept,
-    /// The right device was there with another group or mode; fixed.
-    Adjusted,
+    /// The right device was there with another group or mode; fixed. What
+    /// it had before, so that an abandoned grant can put it back.
+    Adjusted { gid: u32, mode: u32 },
 }
 
 /// The node's parent directory inside the rootfs and the node's name.
@@ -134,58 +135,95 @@ fn describe(kind: SFlag) -> &'static str {
     }
 }
 
+/// Refuses anything at the node's path that is not the TPM's char device.
+fn check_is_the_device(spec: &NodeSpec, st: &nix::sys::stat::FileStat) -> anyhow::Result<()> {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFCHR {
+        bail!(
+            "{} in the container is {}, not the TPM device; refusing to touch it (the image must not ship {})",
+            spec.path.display(),
+            describe(kind),
+            spec.path.display()
+        );
+    }
+    let (major, minor) = (
+        nix::sys::stat::major(st.st_rdev) as u32,
+        nix::sys::stat::minor(st.st_rdev) as u32,
+    );
+    if (major, minor) != (spec.major, spec.minor) {
+        bail!(
+            "{} in the container is device {major}:{minor}, not the TPM ({}:{}); refusing to replace it",
+            spec.path.display(),
+            spec.major,
+            spec.minor
+        );
+    }
+    Ok(())
+}
+
+/// Group and mode through the checked handle, never by name: a file swapped
+/// in at the path (a hard link to a host file, say) is not touched.
+fn set_owner_and_mode(node: &OwnedFd, gid: u32, mode: u32, shown: &Path) -> anyhow::Result<()> {
+    fchownat(
+        node.as_fd(),
+        "",
+        None,
+        Some(Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    )
+    .with_context(|| {
+        format!(
+            "cannot set group {gid} on {} in the container",
+            shown.display()
+        )
+    })?;
+    // fchmod refuses O_PATH handles; the handle's /proc link reaches the
+    // same inode without a second lookup of the name.
+    let proc_path = format!("/proc/self/fd/{}", node.as_raw_fd());
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        proc_path.as_str(),
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .with_context(|| {
+        format!(
+            "cannot set mode {mode:o} on {} in the container",
+            shown.display()
+        )
+    })
+}
+
 impl NodeDir {
     /// Makes sure the node is there and right. Never follows the node's own
-    /// path and never removes what it did not make.
+    /// path, never removes what it did not make, and changes an existing
+    /// node only through a handle that was checked to be the TPM device.
     pub fn ensure(&self, spec: &NodeSpec, method: NodeMethod) -> anyhow::Result<NodeOutcome> {
-        match fstatat(
-            self.dir.as_fd(),
-            self.name.as_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Ok(st) => self.check_existing(spec, &st),
+        match self.open_path_handle() {
+            Ok(node) => self.check_existing(spec, &node),
             Err(Errno::ENOENT) => match method {
                 NodeMethod::Mknod => self.create(spec),
                 NodeMethod::BindHostNode { as_owner } => self.bind_host_node(spec, as_owner),
             },
             Err(e) => Err(e)
-                .with_context(|| format!("cannot stat {} in the container", spec.path.display())),
+                .with_context(|| format!("cannot open {} in the container", spec.path.display())),
         }
     }
 
-    fn check_existing(
-        &self,
-        spec: &NodeSpec,
-        st: &nix::sys::stat::FileStat,
-    ) -> anyhow::Result<NodeOutcome> {
-        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-        if kind != SFlag::S_IFCHR {
-            bail!(
-                "{} in the container is {}, not the TPM device; refusing to touch it (the image must not ship {})",
-                spec.path.display(),
-                describe(kind),
-                spec.path.display()
-            );
-        }
-        let (major, minor) = (
-            nix::sys::stat::major(st.st_rdev) as u32,
-            nix::sys::stat::minor(st.st_rdev) as u32,
-        );
-        if (major, minor) != (spec.major, spec.minor) {
-            bail!(
-                "{} in the container is device {major}:{minor}, not the TPM ({}:{}); refusing to replace it",
-                spec.path.display(),
-                spec.major,
-                spec.minor
-            );
-        }
-        if st.st_gid == spec.gid && st.st_mode & 0o7777 == spec.mode {
+    /// `node` is an `O_PATH|O_NOFOLLOW` handle on whatever sits at the
+    /// node's path: a symlink there is the link itself, never its target.
+    fn check_existing(&self, spec: &NodeSpec, node: &OwnedFd) -> anyhow::Result<NodeOutcome> {
+        let st = nix::sys::stat::fstat(node)
+            .with_context(|| format!("cannot stat {} in the container", spec.path.display()))?;
+        check_is_the_device(spec, &st)?;
+        let (gid, mode) = (st.st_gid, st.st_mode & 0o7777);
+        if gid == spec.gid && mode == spec.mode {
             return Ok(NodeOutcome::Kept);
         }
         // A node the runtime made from `--device` copies the host's group,
         // which may not be what policy asks for: fix group and mode in place.
-        self.set_owner_and_mode(spec)?;
-        Ok(NodeOutcome::Adjusted)
+        set_owner_and_mode(node, spec.gid, spec.mode, &spec.path)?;
+        Ok(NodeOutcome::Adjusted { gid, mode })
     }
 
     fn create(&self, spec: &NodeSpec) -> anyhow::Result<NodeOutcome> {
@@ -207,60 +245,42 @@ impl NodeDir {
                 })
             }
         }
-        if let Err(e) = self.set_owner_and_mode(spec) {
+        let made = self
+            .open_path_handle()
+            .with_context(|| format!("cannot open {} in the container", spec.path.display()))
+            .and_then(|node| {
+                let st = nix::sys::stat::fstat(&node)?;
+                check_is_the_device(spec, &st)?;
+                set_owner_and_mode(&node, spec.gid, spec.mode, &spec.path)
+            });
+        if let Err(e) = made {
             // Never leave a half-made node behind.
-            let _ = unlinkat(
-                self.dir.as_fd(),
-                self.name.as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            );
+            self.remove(spec);
             return Err(e);
         }
         Ok(NodeOutcome::Created)
     }
 
-    fn set_owner_and_mode(&self, spec: &NodeSpec) -> anyhow::Result<()> {
-        fchownat(
-            self.dir.as_fd(),
-            self.name.as_str(),
-            None,
-            Some(Gid::from_raw(spec.gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .with_context(|| {
-            format!(
-                "cannot set group {} on {} in the container",
-                spec.gid,
-                spec.path.display()
-            )
-        })?;
-        // chmod has no "don't follow" on Linux: go through an O_PATH handle on
-        // the node itself (checked above not to be a symlink).
-        let node = self.open_path_handle()?;
-        let proc_path = format!("/proc/self/fd/{}", node.as_raw_fd());
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            proc_path.as_str(),
-            Mode::from_bits_truncate(spec.mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-        .with_context(|| {
-            format!(
-                "cannot set mode {:o} on {} in the container",
-                spec.mode,
-                spec.path.display()
-            )
-        })
-    }
-
-    fn open_path_handle(&self) -> anyhow::Result<OwnedFd> {
+    fn open_path_handle(&self) -> nix::Result<OwnedFd> {
         nix::fcntl::openat(
             self.dir.as_fd(),
             self.name.as_str(),
             OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .with_context(|| format!("cannot open {} in the container", self.name))
+    }
+
+    fn remove(&self, spec: &NodeSpec) {
+        if let Err(e) = unlinkat(
+            self.dir.as_fd(),
+            self.name.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) {
+            tracing::warn!(
+                "cannot remove {} from the container: {e}",
+                spec.path.display()
+            );
+        }
     }
 
     /// Bind-mounts the host's node (as visible in the container's mount
@@ -365,26 +385,46 @@ impl NodeDir {
         Ok(fd)
     }
 
-    /// Removes what [`NodeDir::ensure`] made, after a failed self-test; a
-    /// node that was there before is left alone.
-    pub fn undo(&self, spec: &NodeSpec, outcome: NodeOutcome) {
-        if outcome == NodeOutcome::BindMounted {
-            if let Ok(node) = self.open_path_handle() {
-                let path = format!("/proc/self/fd/{}", node.as_raw_fd());
-                let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
+    /// Takes back what [`NodeDir::ensure`] did, when the grant is
+    /// abandoned: a node it made is removed (unmounted first when it was a
+    /// bind mount), a node it adjusted gets its group and mode back, a node
+    /// it kept is left alone. Only ever acts on the TPM's device.
+    pub fn undo(&self, spec: &NodeSpec, outcome: NodeOutcome) -> anyhow::Result<()> {
+        if outcome == NodeOutcome::Kept {
+            return Ok(());
         }
-        if matches!(outcome, NodeOutcome::Created | NodeOutcome::BindMounted) {
-            if let Err(e) = unlinkat(
+        let node = match self.open_path_handle() {
+            Ok(node) => node,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot open {} in the container", spec.path.display())
+                })
+            }
+        };
+        if outcome == NodeOutcome::BindMounted {
+            let path = format!("/proc/self/fd/{}", node.as_raw_fd());
+            nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH).with_context(
+                || format!("cannot unmount {} in the container", spec.path.display()),
+            )?;
+            drop(node);
+            return unlinkat(
                 self.dir.as_fd(),
                 self.name.as_str(),
                 UnlinkatFlags::NoRemoveDir,
-            ) {
-                tracing::warn!(
-                    "cannot remove {} after a failed self-test: {e}",
-                    spec.path.display()
-                );
-            }
+            )
+            .with_context(|| format!("cannot remove {} from the container", spec.path.display()));
+        }
+        let st = nix::sys::stat::fstat(&node)?;
+        check_is_the_device(spec, &st)?;
+        match outcome {
+            NodeOutcome::Adjusted { gid, mode } => set_owner_and_mode(&node, gid, mode, &spec.path),
+            _ => unlinkat(
+                self.dir.as_fd(),
+                self.name.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            )
+            .with_context(|| format!("cannot remove {} from the container", spec.path.display())),
         }
     }
 }
@@ -466,11 +506,18 @@ mod tests {
         );
     }
 
+    fn need_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        eprintln!("SKIPPED: {test} needs root for mknod and chown");
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        false
+    }
+
     #[test]
-    fn creates_keeps_and_adjusts_when_root() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: creates_keeps_and_adjusts_when_root needs root for mknod");
-            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+    fn creates_keeps_adjusts_and_undoes_when_root() {
+        if !need_root("creates_keeps_adjusts_and_undoes_when_root") {
             return;
         }
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -494,14 +541,78 @@ mod tests {
             NodeOutcome::Kept
         );
         s.gid = 4343;
+        s.mode = 0o640;
+        let adjusted = dir.ensure(&s, NodeMethod::Mknod).unwrap();
         assert_eq!(
-            dir.ensure(&s, NodeMethod::Mknod).unwrap(),
-            NodeOutcome::Adjusted
+            adjusted,
+            NodeOutcome::Adjusted {
+                gid: 4242,
+                mode: 0o660
+            }
         );
         assert_eq!(std::fs::metadata(&node).unwrap().gid(), 4343);
-        // The right path with the wrong device is refused.
+        // Undoing an adjustment puts the group and mode back.
+        dir.undo(&s, adjusted).unwrap();
+        let meta = std::fs::metadata(&node).unwrap();
+        assert_eq!(
+            (meta.gid(), meta.permissions().mode() & 0o7777),
+            (4242, 0o660)
+        );
+        // Undoing a kept node leaves it; undoing a made one removes it.
+        dir.undo(&s, NodeOutcome::Kept).unwrap();
+        assert!(node.exists());
+        drop(dir.open_for_io(&spec()).unwrap());
+        dir.undo(&s, NodeOutcome::Created).unwrap();
+        assert!(!node.exists());
+        dir.undo(&s, NodeOutcome::Created).unwrap(); // already gone: fine
+                                                     // The right path with the wrong device is refused.
+        dir.ensure(&s, NodeMethod::Mknod).unwrap();
         s.minor = 5;
         assert!(dir.ensure(&s, NodeMethod::Mknod).is_err());
-        drop(dir.open_for_io(&spec()).unwrap());
+        assert!(
+            dir.undo(&s, NodeOutcome::Created).is_err(),
+            "undo must not remove another device"
+        );
+    }
+
+    /// Group and mode go through the checked handle: a hard link to a host
+    /// file swapped in at the node's name afterwards is never touched.
+    #[test]
+    fn ownership_changes_follow_the_handle_not_the_name() {
+        if !need_root("ownership_changes_follow_the_handle_not_the_name") {
+            return;
+        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let r = rootfs();
+        let host = tempfile::tempdir_in(r.path()).unwrap();
+        let victim = host.path().join("shadow");
+        std::fs::write(&victim, "host secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = spec();
+        let dir = open_node_dir(r.path(), &s.path).unwrap();
+        mknodat(
+            dir.dir.as_fd(),
+            "tpmrm0",
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o600),
+            makedev(1, 3),
+        )
+        .unwrap();
+        let handle = dir.open_path_handle().unwrap();
+        // The swap: the device moves away, a hard link to the victim takes
+        // its name.
+        std::fs::rename(r.path().join("dev/tpmrm0"), r.path().join("dev/moved")).unwrap();
+        std::fs::hard_link(&victim, r.path().join("dev/tpmrm0")).unwrap();
+        set_owner_and_mode(&handle, 4242, 0o666, &s.path).unwrap();
+        let v = std::fs::metadata(&victim).unwrap();
+        assert_eq!((v.gid(), v.permissions().mode() & 0o7777), (0, 0o600));
+        let moved = std::fs::metadata(r.path().join("dev/moved")).unwrap();
+        assert_eq!(
+            (moved.gid(), moved.permissions().mode() & 0o7777),
+            (4242, 0o666)
+        );
+        // And ensure() refuses the regular file now at the name.
+        let err = dir.ensure(&s, NodeMethod::Mknod).unwrap_err().to_string();
+        assert!(err.contains("a regular file"), "{err}");
     }
 }

@@ -54,6 +54,25 @@ pub struct NodePolicy {
     /// Group owning the node in the container: a group name looked up in the
     /// host's group file, or a numeric GID.
     pub group: GroupSpec,
+    /// Who in the container may open the node.
+    pub access: NodeAccess,
+}
+
+/// Who in the container may open the node (mode 0660, owner root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeAccess {
+    /// The node's group is `[node] group` (the host's `tss`): root, and
+    /// processes that have that GID (`--group-add`, `supplementalGroups`).
+    #[default]
+    Group,
+    /// The node's group is the container process's own primary GID, so an
+    /// image that runs as a fixed non-root user works without extra groups.
+    /// The node is the container's own, so this gives nothing to anyone
+    /// outside it; inside, every process with that GID can use the TPM, and
+    /// the host's `tss` GID no longer marks who may. Not for containers with
+    /// a user namespace (their node is the host's, bind-mounted).
+    ProcessGid,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -128,6 +147,7 @@ impl Default for NodePolicy {
     fn default() -> Self {
         Self {
             group: GroupSpec::Name("tss".into()),
+            access: NodeAccess::Group,
         }
     }
 }
@@ -323,6 +343,7 @@ mod tests {
             namespaces = ["attest", "lic-*"]
             [node]
             group = 974
+            access = "process-gid"
             [self-test]
             level = "full"
             timeout-ms = 8000
@@ -338,6 +359,7 @@ mod tests {
         .unwrap();
         assert!(p.device_allowed("tpm0"));
         assert_eq!(p.node.group, GroupSpec::Gid(974));
+        assert_eq!(p.node.access, NodeAccess::ProcessGid);
         assert_eq!(p.self_test.level, SelfTestLevel::Full);
         assert_eq!(p.self_test_timeout(), Duration::from_secs(8));
         assert_eq!(p.log.target, LogTarget::Stderr);
@@ -363,6 +385,7 @@ mod tests {
             "[devices]\nallow = []",              // nothing could ever be granted
             "[devices]\nallow = [\"/dev/tpm0\"]", // a path, not a name
             "[node]\ngroup = \"a:b\"",
+            "[node]\naccess = \"everyone\"",
             "[log]\nlevel = \"loud\"",
             "[hook]\npath = \"relative\"",
             "[log]\ntarget = \"file\"",

@@ -94,7 +94,9 @@ impl fmt::Display for RequestError {
         write!(
             f,
             "annotation {}={:?} is not valid: allowed {}",
-            self.key, self.value, self.allowed
+            crate::text::untrusted(&self.key),
+            self.value,
+            self.allowed
         )
     }
 }
@@ -329,6 +331,18 @@ mod tests {
         assert!(err
             .to_string()
             .contains("oci-tpm-hook/device.<container-name>"));
+    }
+
+    #[test]
+    fn keys_and_values_are_shown_escaped() {
+        let err = parse(
+            &ann(&[("oci-tpm-hook/x\nlevel=error forged", "a\u{1b}[2J")]),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err}");
+        assert!(err.contains("x\\u{a}level"), "{err}");
     }
 
     #[test]

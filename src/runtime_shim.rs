@@ -235,24 +235,42 @@ fn parse_create_args(args: &[OsString], inv: &mut Invocation) {
         .map(|id| id.to_string_lossy().into_owned());
 }
 
-/// Where a message goes: the runtime's `--log` file, in runc's format.
-#[derive(Debug, Clone, Default)]
+/// Where a message goes: the runtime's `--log` file, in runc's format,
+/// signed by who speaks (`oci-tpm-runtime`, or the hook when it reports
+/// through its runtime).
+#[derive(Debug, Clone)]
 pub struct RuntimeLog {
     file: Option<PathBuf>,
     json: bool,
+    speaker: &'static str,
+}
+
+impl Default for RuntimeLog {
+    fn default() -> Self {
+        Self {
+            file: None,
+            json: false,
+            speaker: PREFIX,
+        }
+    }
 }
 
 impl RuntimeLog {
     pub fn new(inv: &Invocation) -> Self {
+        Self::for_speaker(inv, PREFIX)
+    }
+
+    pub fn for_speaker(inv: &Invocation, speaker: &'static str) -> Self {
         Self {
             file: inv.log.clone(),
             json: inv.log_format.as_deref() == Some("json"),
+            speaker,
         }
     }
 
     /// Errors go everywhere a user might look, as runc's own do.
     pub fn error(&self, msg: &str) {
-        eprintln!("{PREFIX}: {msg}");
+        eprintln!("{}: {msg}", self.speaker);
         self.append("error", msg);
     }
 
@@ -260,7 +278,7 @@ impl RuntimeLog {
     /// stderr of `create` can be the container's own output.
     pub fn warn(&self, msg: &str) {
         if !self.append("warning", msg) {
-            eprintln!("{PREFIX}: {msg}");
+            eprintln!("{}: {msg}", self.speaker);
         }
     }
 
@@ -270,11 +288,11 @@ impl RuntimeLog {
 
     /// Appends one line; false when there is no log file or it cannot be
     /// written (a message must never fail the container).
-    fn append(&self, level: &str, msg: &str) -> bool {
+    pub fn append(&self, level: &str, msg: &str) -> bool {
         let Some(path) = &self.file else {
             return false;
         };
-        let msg = format!("{PREFIX}: {msg}");
+        let msg = format!("{}: {msg}", self.speaker);
         let time = rfc3339(SystemTime::now());
         let line = if self.json {
             serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
@@ -290,6 +308,7 @@ impl RuntimeLog {
             .append(true)
             .create(true)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .and_then(|mut f| writeln!(f, "{line}"))
             .is_ok()
@@ -461,12 +480,11 @@ pub fn prepare_bundle(
         .apply_and_write(&grant, &hook)
         .with_context(|| format!("{who}: bundle {}", bundle_display(inv)))?;
     log.info(&format!(
-        "{who}: host {} (c {}:{}) at {} with GID {}; added {changes}",
+        "{who}: host {} (c {}:{}) at {}; added {changes}",
         grant.device.name,
         grant.device.major,
         grant.device.minor,
         grant.container_path.display(),
-        grant.gid
     ));
     Ok(BundleOutcome::Granted(changes))
 }

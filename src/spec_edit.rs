@@ -11,17 +11,23 @@
 //! atomically, with the original mode and owner.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::grant::{Grant, HookEntry};
+use crate::identity::ProcessIdentity;
 
 /// How the hook entry looks in config.json.
 fn hook_value(hook: &HookEntry) -> Value {
@@ -122,13 +128,14 @@ fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::
         Some(other) => bail!("/process/user is {}, not an object", kind(other)),
         None => bail!("the spec has no /process/user"),
     };
-    let gids = array_entry(user, "additionalGids", "/process/user/additionalGids")?;
-    if !gids
-        .iter()
-        .any(|g| g.as_u64() == Some(u64::from(grant.gid)))
-    {
-        gids.push(json!(grant.gid));
-        changes.push(Change::AdditionalGid(grant.gid));
+    let identity = ProcessIdentity::from_spec(&json!({"process": {"user": user.clone()}}))?;
+    let node_gid = grant.node_gid(Some(&identity));
+    if grant.process_needs_group() {
+        let gids = array_entry(user, "additionalGids", "/process/user/additionalGids")?;
+        if !gids.iter().any(|g| g.as_u64() == Some(u64::from(node_gid))) {
+            gids.push(json!(node_gid));
+            changes.push(Change::AdditionalGid(node_gid));
+        }
     }
     let env = array_entry(process, "env", "/process/env")?;
     for (key, value) in grant.env() {
@@ -146,7 +153,7 @@ fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::
 
     let linux = object_entry(root, "linux", "/linux")?;
     let devices = array_entry(linux, "devices", "/linux/devices")?;
-    if let Some(change) = ensure_device_node(devices, grant)? {
+    if let Some(change) = ensure_device_node(devices, grant, node_gid)? {
         changes.push(change);
     }
     let resources = object_entry(linux, "resources", "/linux/resources")?;
@@ -177,7 +184,11 @@ fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::
 
 /// Adds the node, or checks an entry the engine already has for that path
 /// (e.g. `docker run --device /dev/tpmrm0` together with the annotation).
-fn ensure_device_node(devices: &mut Vec<Value>, grant: &Grant) -> anyhow::Result<Option<Change>> {
+fn ensure_device_node(
+    devices: &mut Vec<Value>,
+    grant: &Grant,
+    gid: u32,
+) -> anyhow::Result<Option<Change>> {
     let path = grant.container_path.to_string_lossy();
     let existing = devices
         .iter_mut()
@@ -190,7 +201,7 @@ fn ensure_device_node(devices: &mut Vec<Value>, grant: &Grant) -> anyhow::Result
             "minor": grant.device.minor,
             "fileMode": grant.mode,
             "uid": 0,
-            "gid": grant.gid,
+            "gid": gid,
         }));
         return Ok(Some(Change::DeviceNode(grant.container_path.clone())));
     };
@@ -215,7 +226,7 @@ fn ensure_device_node(devices: &mut Vec<Value>, grant: &Grant) -> anyhow::Result
     let mode = entry.get("fileMode").and_then(Value::as_u64);
     let want_mode = u64::from(grant.mode);
     let mode_ok = mode.is_some_and(|m| m & 0o7777 == want_mode);
-    let gid_ok = entry.get("gid").and_then(Value::as_u64) == Some(u64::from(grant.gid));
+    let gid_ok = entry.get("gid").and_then(Value::as_u64) == Some(u64::from(gid));
     if mode_ok && gid_ok {
         return Ok(None);
     }
@@ -224,7 +235,7 @@ fn ensure_device_node(devices: &mut Vec<Value>, grant: &Grant) -> anyhow::Result
         entry.insert("fileMode".into(), json!(type_bits | want_mode));
     }
     if !gid_ok {
-        entry.insert("gid".into(), json!(grant.gid));
+        entry.insert("gid".into(), json!(gid));
     }
     Ok(Some(Change::DeviceNodeOwnership(
         grant.container_path.clone(),
@@ -285,27 +296,73 @@ fn kind(v: &Value) -> &'static str {
 
 /// A bundle's config.json as read from disk, ready to be edited and written
 /// back only if the edit changed something.
+///
+/// The file is opened without following links and must be a regular file:
+/// a config.json that is a symlink or a FIFO is refused, never edited
+/// through. The rewrite goes through a handle on the bundle directory, so
+/// it lands in the directory that was read, whatever its path means later.
 #[derive(Debug)]
 pub struct SpecFile {
     path: PathBuf,
+    dir: OwnedFd,
+    name: OsString,
+    meta: fs::Metadata,
     original: Vec<u8>,
     pub spec: Value,
 }
 
 impl SpecFile {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let original = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let shown = path.display();
+        let (dir_path, name) = match (path.parent(), path.file_name()) {
+            (Some(d), Some(n)) => (
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                },
+                n.to_os_string(),
+            ),
+            _ => bail!("{shown} does not name a file in a directory"),
+        };
+        let dir = nix::fcntl::open(
+            dir_path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot open the bundle directory {}", dir_path.display()))?;
+        let fd = nix::fcntl::openat(
+            dir.as_fd(),
+            name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            nix::errno::Errno::ELOOP => {
+                anyhow!("{shown} is a symlink; refusing to edit through it (the bundle must hold the spec itself)")
+            }
+            e => anyhow!("cannot read {shown}: {e}"),
+        })?;
+        let mut file = fs::File::from(fd);
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot stat {shown}"))?;
+        if !meta.file_type().is_file() {
+            bail!("{shown} is not a regular file; refusing to edit it");
+        }
+        let mut original = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut original)
+            .with_context(|| format!("cannot read {shown}"))?;
         let spec: Value = serde_json::from_slice(&original)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            .with_context(|| format!("{shown} is not valid JSON"))?;
         if !spec.is_object() {
-            bail!(
-                "{} holds {}, not a JSON object",
-                path.display(),
-                kind(&spec)
-            );
+            bail!("{shown} holds {}, not a JSON object", kind(&spec));
         }
         Ok(Self {
             path: path.to_path_buf(),
+            dir,
+            name,
+            meta,
             original,
             spec,
         })
@@ -326,10 +383,72 @@ impl SpecFile {
             .with_context(|| format!("cannot edit {}", self.path.display()))?;
         if !changes.is_empty() {
             let bytes = serialize_like(&self.spec, &self.original)?;
-            write_atomic(&self.path, &bytes)
+            self.replace(&bytes)
                 .with_context(|| format!("cannot write {}", self.path.display()))?;
         }
         Ok(changes)
+    }
+
+    /// Replaces the file so that a reader sees either the old or the new
+    /// one, never a half-written one: a temp file in the same directory with
+    /// the original's mode and owner, fsync, rename over the original (still
+    /// the file that was read), fsync of the directory.
+    fn replace(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let tmp = format!(
+            ".{}.oci-tpm.{}.{}",
+            self.name.to_string_lossy(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mode = self.meta.mode() & 0o7777;
+        let result = (|| -> anyhow::Result<()> {
+            let fd = nix::fcntl::openat(
+                self.dir.as_fd(),
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            )
+            .with_context(|| format!("cannot create {tmp} in the bundle"))?;
+            let mut file = fs::File::from(fd);
+            // The umask may have cleared bits of the requested mode.
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            let owner = file.metadata()?;
+            if (owner.uid(), owner.gid()) != (self.meta.uid(), self.meta.gid()) {
+                std::os::unix::fs::fchown(&file, Some(self.meta.uid()), Some(self.meta.gid()))
+                    .context("cannot give the new file the original's owner")?;
+            }
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            let now = nix::sys::stat::fstatat(
+                self.dir.as_fd(),
+                self.name.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+            if (now.st_dev, now.st_ino) != (self.meta.dev(), self.meta.ino()) {
+                bail!("the file changed under us; leaving it alone");
+            }
+            nix::fcntl::renameat(
+                self.dir.as_fd(),
+                tmp.as_str(),
+                self.dir.as_fd(),
+                self.name.as_os_str(),
+            )?;
+            nix::unistd::fsync(self.dir.as_fd())?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        result
     }
 }
 
@@ -360,54 +479,11 @@ fn serialize_like(spec: &Value, original: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Replaces `path` with `bytes` so that a reader sees either the old or the
-/// new file, never a half-written one: a temp file in the same directory with
-/// the original's mode and owner, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    // Edit the file a symlink points at, not the link (keep the link intact).
-    let path = fs::canonicalize(path)?;
-    let meta = fs::metadata(&path)?;
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.oci-tpm.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mode = meta.mode() & 0o7777;
-    let result = (|| -> anyhow::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        // The umask may have cleared bits of the requested mode.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        let owner = file.metadata()?;
-        if (owner.uid(), owner.gid()) != (meta.uid(), meta.gid()) {
-            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
-                .context("cannot give the new file the original's owner")?;
-        }
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::host::HostTpm;
+    use crate::policy::NodeAccess;
     use crate::tpm::SelfTestLevel;
     use std::time::Duration;
 
@@ -423,6 +499,7 @@ mod tests {
             mode: 0o660,
             gid: 102,
             group_name: Some("tss".into()),
+            access: NodeAccess::Group,
             self_test: SelfTestLevel::Quick,
             timeout: Duration::from_millis(5000),
             required: true,
@@ -464,6 +541,20 @@ mod tests {
             json!({"path": "/usr/bin/oci-tpm-hook", "args": ["oci-tpm-hook"], "timeout": 10})
         );
         assert!(apply(&mut spec, &grant(), &hook()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn process_gid_access_gives_the_node_the_process_group() {
+        let mut spec = minimal();
+        let mut g = grant();
+        g.access = NodeAccess::ProcessGid;
+        apply(&mut spec, &g, &hook()).unwrap();
+        assert_eq!(spec["linux"]["devices"][0]["gid"], json!(1000));
+        assert!(
+            spec["process"]["user"].get("additionalGids").is_none(),
+            "no extra group needed: {spec}"
+        );
+        assert!(apply(&mut spec, &g, &hook()).unwrap().is_empty());
     }
 
     #[test]

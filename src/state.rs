@@ -128,6 +128,27 @@ impl BundleSpec {
             })
     }
 
+    /// The timeout, in seconds, the runtime gives the running hook: the
+    /// smallest `timeout` among the createRuntime entries that run this very
+    /// executable (engines copy hooks.d entries into the spec). `None` when
+    /// no entry sets one.
+    pub fn own_hook_timeout(&self) -> Option<u64> {
+        let me = crate::runtime_shim::FileId::current_exe()?;
+        self.spec
+            .pointer("/hooks/createRuntime")
+            .and_then(Value::as_array)?
+            .iter()
+            .filter(|h| {
+                h.get("path")
+                    .and_then(Value::as_str)
+                    .and_then(|p| crate::runtime_shim::FileId::of(Path::new(p)))
+                    == Some(me)
+            })
+            .filter_map(|h| h.get("timeout").and_then(Value::as_u64))
+            .filter(|t| *t > 0)
+            .min()
+    }
+
     /// Whether `linux.resources.devices` already lets the container read and
     /// write the char device: rules apply in order, the last match wins, and
     /// the runtime starts from "deny all".
@@ -260,6 +281,24 @@ mod tests {
         ] {
             assert!(spec(bad.clone()).allows_char_device(1, 3).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn own_hook_timeout_is_the_smallest_of_our_entries() {
+        let me = std::fs::read_link("/proc/self/exe").unwrap();
+        let me = me.to_str().unwrap();
+        let s = spec(json!({"hooks": {"createRuntime": [
+            {"path": me, "timeout": 30},
+            {"path": "/bin/true", "timeout": 1},
+            {"path": me, "timeout": 7},
+            {"path": me}
+        ]}}));
+        assert_eq!(s.own_hook_timeout(), Some(7));
+        assert_eq!(
+            spec(json!({"hooks": {"createRuntime": [{"path": me}]}})).own_hook_timeout(),
+            None
+        );
+        assert_eq!(spec(json!({})).own_hook_timeout(), None);
     }
 
     #[test]

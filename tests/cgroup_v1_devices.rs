@@ -90,7 +90,18 @@ fn grants_a_device_through_devices_allow() {
     assert_eq!(found, Ok(()));
     assert_eq!(open_in(&cg, "/dev/zero", |_| {}), Err(Errno::EPERM));
 
-    assert_eq!(cg.allow_device(&ZERO_DEV).unwrap(), AllowOutcome::Added);
+    // Granted, then taken back: exactly as before.
+    let grant = cg.allow_device(&ZERO_DEV).unwrap();
+    assert_eq!(grant.outcome, AllowOutcome::Added);
+    assert_eq!(open_in(&cg, "/dev/zero", |_| {}), Ok(()));
+    grant.revoke().unwrap();
+    assert_eq!(open_in(&cg, "/dev/zero", |_| {}), Err(Errno::EPERM));
+    assert_eq!(open_in(&cg, "/dev/null", |_| {}), Ok(()));
+
+    assert_eq!(
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
+        AllowOutcome::Added
+    );
     assert_eq!(open_in(&cg, "/dev/zero", |_| {}), Ok(()));
     assert_eq!(open_in(&cg, "/dev/full", |_| {}), Err(Errno::EPERM));
 
@@ -100,7 +111,7 @@ fn grants_a_device_through_devices_allow() {
     assert_eq!(list.lines().filter(|l| l.starts_with("c 1:5 ")).count(), 1);
 
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::AlreadyAllowed
     );
     assert_eq!(
@@ -112,7 +123,7 @@ fn grants_a_device_through_devices_allow() {
     // Switched to default-allow, the cgroup lists only `a *:* rwm`.
     t.write("devices.allow", "a");
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::Unrestricted
     );
 }

@@ -144,7 +144,19 @@ fn grants_a_device_by_patching_the_attached_program() {
     assert_eq!(open_in(&cg, FULL, |_| {}), Err(Errno::EPERM));
     let before = t.attached();
 
-    assert_eq!(cg.allow_device(&ZERO_DEV).unwrap(), AllowOutcome::Added);
+    // Granted, then taken back: the runtime's own program is attached again.
+    let grant = cg.allow_device(&ZERO_DEV).unwrap();
+    assert_eq!(grant.outcome, AllowOutcome::Added);
+    assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
+    grant.revoke().unwrap();
+    assert_eq!(t.attached(), before, "the original program is back");
+    assert_eq!(open_in(&cg, ZERO, |_| {}), Err(Errno::EPERM));
+    assert_eq!(open_in(&cg, NULL, |_| {}), Ok(()));
+
+    assert_eq!(
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
+        AllowOutcome::Added
+    );
     assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
     assert_eq!(open_in(&cg, NULL, |_| {}), Ok(()));
     assert_eq!(
@@ -166,7 +178,7 @@ fn grants_a_device_by_patching_the_attached_program() {
 
     // Idempotent: no second block, no second program.
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::AlreadyAllowed
     );
     assert_eq!(t.attached(), after);
@@ -179,7 +191,7 @@ fn no_program_means_unrestricted() {
     let t = TestCgroup::new(&mount);
     let cg = ContainerCgroup::v2(&t.child);
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::Unrestricted
     );
     assert!(t.attached().ids.is_empty());
@@ -193,13 +205,16 @@ fn single_program_mode_is_replaced() {
     t.attach(&runtime_program(), 0);
     let cg = ContainerCgroup::v2(&t.child);
     assert_eq!(open_in(&cg, ZERO, |_| {}), Err(Errno::EPERM));
-    assert_eq!(cg.allow_device(&ZERO_DEV).unwrap(), AllowOutcome::Added);
+    assert_eq!(
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
+        AllowOutcome::Added
+    );
     assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
     assert_eq!(open_in(&cg, FULL, |_| {}), Err(Errno::EPERM));
     let attached = t.attached();
     assert_eq!((attached.ids.len(), attached.flags), (1, 0));
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::AlreadyAllowed
     );
 }
@@ -215,7 +230,7 @@ fn a_program_that_already_allows_is_left_alone() {
     let before = t.attached();
     let cg = ContainerCgroup::v2(&t.child);
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::AlreadyAllowed
     );
     assert_eq!(t.attached(), before);
@@ -278,11 +293,14 @@ fn blinded_programs_are_patched() {
     );
     let cg = ContainerCgroup::v2(&t.child);
     assert_eq!(open_in(&cg, ZERO, |_| {}), Err(Errno::EPERM));
-    assert_eq!(cg.allow_device(&ZERO_DEV).unwrap(), AllowOutcome::Added);
+    assert_eq!(
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
+        AllowOutcome::Added
+    );
     assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
     assert_eq!(open_in(&cg, FULL, |_| {}), Err(Errno::EPERM));
     assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap(),
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::AlreadyAllowed
     );
     assert_eq!(t.attached().ids.len(), 1);

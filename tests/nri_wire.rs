@@ -192,7 +192,8 @@ fn replaying_a_reconnect_gives_the_recorded_answers() {
     let replayed = feeder.join().unwrap();
 
     // Same messages, same order; the grant differs only in the stand-in
-    // device numbers.
+    // device numbers and in the request annotations the plugin now adds for
+    // the hook (the recording predates them).
     let (want, got) = (answers(&recorded_out), answers(&replayed));
     assert_eq!(want.len(), got.len());
     for (w, g) in want.into_iter().zip(got) {
@@ -205,6 +206,15 @@ fn replaying_a_reconnect_gives_the_recorded_answers() {
                 assert_eq!((dev.major, dev.minor), (253, 65536));
                 (dev.major, dev.minor) = (1, 3);
                 assert_eq!(a.hooks, None, "the base spec already had the hook");
+                assert!(a.annotations.is_empty(), "the recording has none");
+                a.annotations = [
+                    ("oci-tpm-hook/device", "tpmrm0"),
+                    ("oci-tpm-hook/required", "true"),
+                    ("oci-tpm-hook/self-test", "quick"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
                 let g = api::CreateContainerResponse::decode(&g).unwrap();
                 assert_eq!(g.adjust, Some(a));
             }

@@ -28,6 +28,7 @@ fn grant() -> Grant {
         mode: 0o660,
         gid: 102,
         group_name: Some("tss".into()),
+        access: oci_tpm_hook::policy::NodeAccess::Group,
         self_test: SelfTestLevel::Quick,
         timeout: Duration::from_secs(5),
         required: true,
@@ -198,19 +199,27 @@ fn malformed_inputs_leave_the_file_byte_identical() {
 }
 
 #[test]
-fn symlinked_config_edits_the_target() {
+fn symlinks_and_odd_files_are_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real.json");
     fs::write(&real, DOCKER_LIKE).unwrap();
     let link = dir.path().join("config.json");
     std::os::unix::fs::symlink("real.json", &link).unwrap();
-    SpecFile::read(&link)
-        .unwrap()
-        .apply_and_write(&grant(), &hook())
-        .unwrap();
-    assert!(fs::symlink_metadata(&link)
-        .unwrap()
-        .file_type()
-        .is_symlink());
-    assert!(fs::read_to_string(&real).unwrap().contains("/dev/tpmrm0"));
+    let err = format!("{:#}", SpecFile::read(&link).unwrap_err());
+    assert!(err.contains("is a symlink"), "{err}");
+    assert_eq!(fs::read_to_string(&real).unwrap(), DOCKER_LIKE);
+
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("config.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = format!("{:#}", SpecFile::read(&fifo).unwrap_err());
+    assert!(err.contains("not a regular file"), "{err}");
+
+    let sub = tempfile::tempdir().unwrap();
+    fs::create_dir(sub.path().join("config.json")).unwrap();
+    let err = format!(
+        "{:#}",
+        SpecFile::read(&sub.path().join("config.json")).unwrap_err()
+    );
+    assert!(err.contains("not a regular file"), "{err}");
 }

@@ -9,10 +9,12 @@
 //! // From /proc/<pid>/cgroup and our own mount table.
 //! let cg = cgroup::locate(container_pid)?;
 //! // Idempotent: Added, AlreadyAllowed or Unrestricted.
-//! let outcome = cg.allow_device(&DeviceAccess::new(253, 65536))?;
+//! let grant = cg.allow_device(&DeviceAccess::new(253, 65536))?;
 //! // A forked self-test child joins, so its open() meets the container's rules.
 //! cg.join(child_pid)?;
-//! # let _ = outcome; Ok(()) }
+//! // Abandoned (say, the self-test failed): take it back.
+//! grant.revoke()?;
+//! # Ok(()) }
 //! ```
 //!
 //! - **cgroup v1**: the `devices` controller. `devices.list` is checked for
@@ -124,6 +126,42 @@ impl fmt::Display for AllowOutcome {
     }
 }
 
+/// What [`ContainerCgroup::allow_device`] did, held so that an abandoned
+/// grant can be taken back ([`DeviceGrant::revoke`]).
+#[derive(Debug)]
+pub struct DeviceGrant {
+    pub outcome: AllowOutcome,
+    undo: Undo,
+}
+
+#[derive(Debug)]
+enum Undo {
+    Nothing,
+    /// The exact rule written to `devices.allow`.
+    V1 {
+        dir: PathBuf,
+        dev: DeviceAccess,
+    },
+    /// The programs swapped for patched copies.
+    V2 {
+        host: v2::KernelHost,
+        swapped: v2::Swapped<std::os::fd::OwnedFd>,
+    },
+}
+
+impl DeviceGrant {
+    /// Takes the grant back: cgroup v1 denies the exact rule that was added,
+    /// v2 puts the runtime's original programs back. Nothing to do when the
+    /// grant changed nothing.
+    pub fn revoke(self) -> Result<()> {
+        match self.undo {
+            Undo::Nothing => Ok(()),
+            Undo::V1 { dir, dev } => v1::deny(&dir, &dev),
+            Undo::V2 { host, swapped } => v2::revoke(&host, &swapped),
+        }
+    }
+}
+
 /// A process's cgroup, as far as device access and joining are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerCgroup {
@@ -184,14 +222,32 @@ impl ContainerCgroup {
 
     /// Makes read/write of the char device `dev` allowed for the cgroup.
     /// Idempotent: a second call reports [`AllowOutcome::AlreadyAllowed`]
-    /// and changes nothing.
-    pub fn allow_device(&self, dev: &DeviceAccess) -> Result<AllowOutcome> {
+    /// and changes nothing. All or nothing: on error the cgroup is as it was.
+    pub fn allow_device(&self, dev: &DeviceAccess) -> Result<DeviceGrant> {
         let dir = &self.device_dir;
-        let outcome = match self.version {
-            CgroupVersion::V1 => v1::allow(dir, dev),
-            CgroupVersion::V2 => {
-                v2::KernelHost::open(dir).and_then(|host| v2::allow(&host, dir, dev))
-            }
+        let grant = match self.version {
+            CgroupVersion::V1 => v1::allow(dir, dev).map(|outcome| DeviceGrant {
+                outcome,
+                undo: if outcome == AllowOutcome::Added {
+                    Undo::V1 {
+                        dir: dir.clone(),
+                        dev: *dev,
+                    }
+                } else {
+                    Undo::Nothing
+                },
+            }),
+            CgroupVersion::V2 => v2::KernelHost::open(dir).and_then(|host| {
+                let (outcome, swapped) = v2::allow(&host, dir, dev)?;
+                Ok(DeviceGrant {
+                    outcome,
+                    undo: if outcome == AllowOutcome::Added {
+                        Undo::V2 { host, swapped }
+                    } else {
+                        Undo::Nothing
+                    },
+                })
+            }),
         }
         .with_context(|| {
             format!(
@@ -200,8 +256,8 @@ impl ContainerCgroup {
                 self.version
             )
         })?;
-        tracing::debug!(%dev, dir = %dir.display(), version = %self.version, %outcome, "device cgroup rule");
-        Ok(outcome)
+        tracing::debug!(%dev, dir = %dir.display(), version = %self.version, outcome = %grant.outcome, "device cgroup rule");
+        Ok(grant)
     }
 
     /// Moves `pid` into the cgroup: `cgroup.procs` of the device directory

@@ -138,6 +138,16 @@ pub fn allow(dir: &Path, dev: &DeviceAccess) -> Result<AllowOutcome> {
     }
 }
 
+/// Takes back exactly the rule [`allow`] wrote, through `devices.deny`.
+pub fn deny(dir: &Path, dev: &DeviceAccess) -> Result<()> {
+    let deny_path = dir.join("devices.deny");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&deny_path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, allow_rule(dev).as_bytes()))
+        .with_context(|| format!("writing {:?} to {}", allow_rule(dev), deny_path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +235,20 @@ mod tests {
                 ""
             );
         }
+    }
+
+    #[test]
+    fn deny_takes_back_the_exact_rule() {
+        let dir = fake_hierarchy(RUNC_LIST);
+        fs::write(dir.path().join("devices.deny"), "").unwrap();
+        deny(dir.path(), &TPM).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("devices.deny")).unwrap(),
+            "c 253:65536 rw"
+        );
+        let gone = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", deny(gone.path(), &TPM).unwrap_err());
+        assert!(err.contains("devices.deny"), "{err}");
     }
 
     #[test]

@@ -42,17 +42,29 @@ pub(crate) trait ProgramHost {
     fn detach(&self, prog: &Self::Prog) -> io::Result<()>;
 }
 
+/// The programs [`allow`] swapped, kept so the grant can be taken back.
+#[derive(Debug)]
+pub(crate) struct Swapped<P> {
+    flags: u32,
+    /// (the runtime's original, our patched copy) for each replaced program.
+    pairs: Vec<(P, P)>,
+}
+
 /// Grants read/write of `dev` to the cgroup behind `host`. `path` is only
 /// used in messages.
 pub(crate) fn allow<H: ProgramHost>(
     host: &H,
     path: &Path,
     dev: &DeviceAccess,
-) -> Result<AllowOutcome> {
+) -> Result<(AllowOutcome, Swapped<H::Prog>)> {
     let attached = host.attached().map_err(|e| query_error(e, path))?;
     check_inherited(host, path, dev, &attached.ids);
+    let mut swapped = Swapped {
+        flags: attached.flags,
+        pairs: Vec::new(),
+    };
     if attached.ids.is_empty() {
-        return Ok(AllowOutcome::Unrestricted);
+        return Ok((AllowOutcome::Unrestricted, swapped));
     }
 
     // Decide for every program before changing any, so a refusal leaves the
@@ -77,18 +89,40 @@ pub(crate) fn allow<H: ProgramHost>(
         }
     }
     if patches.is_empty() {
-        return Ok(AllowOutcome::AlreadyAllowed);
+        return Ok((AllowOutcome::AlreadyAllowed, swapped));
     }
 
     for (id, old, insns) in patches {
         let new = host
             .load(&insns)
-            .with_context(|| format!("loading the patched copy of device program {id}"))?;
-        swap(host, attached.flags, &old, &new)
-            .with_context(|| format!("replacing device program {id}"))?;
+            .and_then(|new| {
+                swap(host, attached.flags, &old, &new)?;
+                Ok(new)
+            })
+            .with_context(|| format!("replacing device program {id}"));
+        match new {
+            Ok(new) => swapped.pairs.push((old, new)),
+            Err(e) => {
+                // All or nothing: put back the programs already swapped.
+                if let Err(undo) = revoke(host, &swapped) {
+                    tracing::warn!(error = %format!("{undo:#}"), path = %path.display(), "could not restore the original device programs");
+                }
+                return Err(e);
+            }
+        }
         tracing::debug!(id, %dev, path = %path.display(), "device program replaced by a patched copy");
     }
-    Ok(AllowOutcome::Added)
+    Ok((AllowOutcome::Added, swapped))
+}
+
+/// Puts the runtime's original programs back in place of the patched
+/// copies [`allow`] attached.
+pub(crate) fn revoke<H: ProgramHost>(host: &H, swapped: &Swapped<H::Prog>) -> Result<()> {
+    for (original, patched) in swapped.pairs.iter().rev() {
+        swap(host, swapped.flags, patched, original)
+            .context("putting the original device program back")?;
+    }
+    Ok(())
 }
 
 fn query_error(e: io::Error, path: &Path) -> anyhow::Error {
@@ -167,6 +201,7 @@ fn swap<H: ProgramHost>(host: &H, flags: u32, old: &H::Prog, new: &H::Prog) -> R
 }
 
 /// [`ProgramHost`] on a real cgroup directory.
+#[derive(Debug)]
 pub(crate) struct KernelHost {
     cgroup: OwnedFd,
 }
@@ -261,6 +296,8 @@ mod tests {
         next_id: RefCell<u32>,
         no_replace: bool,
         query_errno: Option<i32>,
+        /// Loads fail once this many have succeeded.
+        loads_before_failure: Option<usize>,
         log: RefCell<Vec<String>>,
     }
 
@@ -333,6 +370,10 @@ mod tests {
         }
 
         fn load(&self, insns: &[Insn]) -> Result<u32> {
+            let loads = self.log.borrow().iter().filter(|l| *l == "load").count();
+            if self.loads_before_failure.is_some_and(|n| loads >= n) {
+                bail!("the verifier said no");
+            }
             self.log.borrow_mut().push("load".into());
             Ok(self.add(insns.to_vec()))
         }
@@ -394,7 +435,7 @@ mod tests {
     fn nothing_attached_is_unrestricted() {
         let fake = Fake::with(0, vec![]);
         assert_eq!(
-            allow(&fake, path(), &TPM).unwrap(),
+            allow(&fake, path(), &TPM).unwrap().0,
             AllowOutcome::Unrestricted
         );
         assert!(fake.log.borrow().is_empty());
@@ -403,7 +444,7 @@ mod tests {
     #[test]
     fn patches_and_swaps_in_place_then_is_idempotent() {
         let fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program()]);
-        assert_eq!(allow(&fake, path(), &TPM).unwrap(), AllowOutcome::Added);
+        assert_eq!(allow(&fake, path(), &TPM).unwrap().0, AllowOutcome::Added);
         assert_eq!(
             *fake.log.borrow(),
             [
@@ -417,7 +458,7 @@ mod tests {
 
         fake.log.borrow_mut().clear();
         assert_eq!(
-            allow(&fake, path(), &TPM).unwrap(),
+            allow(&fake, path(), &TPM).unwrap().0,
             AllowOutcome::AlreadyAllowed
         );
         assert!(fake.log.borrow().is_empty());
@@ -425,10 +466,34 @@ mod tests {
     }
 
     #[test]
+    fn revoke_puts_the_originals_back() {
+        let second = deny_by_default(&[Rule::allow_char(1, 3)]).unwrap();
+        let fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program(), second]);
+        let before = fake.attached_insns();
+        let (outcome, swapped) = allow(&fake, path(), &TPM).unwrap();
+        assert_eq!(outcome, AllowOutcome::Added);
+        assert!(fake.attached_insns().iter().all(|p| allows_tpm(p)));
+        revoke(&fake, &swapped).unwrap();
+        assert_eq!(fake.attached_insns(), before);
+        assert!(!fake.attached_insns().iter().any(|p| allows_tpm(p)));
+    }
+
+    #[test]
+    fn a_failure_half_way_restores_what_was_swapped() {
+        let second = deny_by_default(&[Rule::allow_char(1, 3)]).unwrap();
+        let mut fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program(), second]);
+        fake.loads_before_failure = Some(1);
+        let before = fake.attached_insns();
+        let err = format!("{:#}", allow(&fake, path(), &TPM).err().unwrap());
+        assert!(err.contains("verifier"), "{err}");
+        assert_eq!(fake.attached_insns(), before, "left as it was");
+    }
+
+    #[test]
     fn patches_only_the_programs_that_deny() {
         let permissive = deny_by_default(&[Rule::allow_char(253, 65536)]).unwrap();
         let fake = Fake::with(F_ALLOW_MULTI, vec![permissive.clone(), runtime_program()]);
-        assert_eq!(allow(&fake, path(), &TPM).unwrap(), AllowOutcome::Added);
+        assert_eq!(allow(&fake, path(), &TPM).unwrap().0, AllowOutcome::Added);
         let progs = fake.attached_insns();
         assert_eq!(progs.len(), 2);
         assert_eq!(progs[0], permissive);
@@ -439,7 +504,7 @@ mod tests {
     fn falls_back_to_attach_then_detach_without_replace() {
         let mut fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program()]);
         fake.no_replace = true;
-        assert_eq!(allow(&fake, path(), &TPM).unwrap(), AllowOutcome::Added);
+        assert_eq!(allow(&fake, path(), &TPM).unwrap().0, AllowOutcome::Added);
         assert_eq!(
             *fake.log.borrow(),
             [
@@ -456,7 +521,7 @@ mod tests {
     fn single_program_modes_are_replaced_by_attaching() {
         for flags in [0, F_ALLOW_OVERRIDE] {
             let fake = Fake::with(flags, vec![runtime_program()]);
-            assert_eq!(allow(&fake, path(), &TPM).unwrap(), AllowOutcome::Added);
+            assert_eq!(allow(&fake, path(), &TPM).unwrap().0, AllowOutcome::Added);
             assert_eq!(
                 *fake.log.borrow(),
                 ["load".to_string(), format!("attach 102 {flags} None")]
@@ -507,7 +572,7 @@ mod tests {
         let mut fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program()]);
         let ancestor = fake.add(runtime_program());
         fake.inherited = vec![ancestor];
-        assert_eq!(allow(&fake, path(), &TPM).unwrap(), AllowOutcome::Added);
+        assert_eq!(allow(&fake, path(), &TPM).unwrap().0, AllowOutcome::Added);
         assert_eq!(fake.attached.borrow().len(), 1);
         assert_eq!(fake.programs.borrow()[&ancestor], runtime_program());
     }

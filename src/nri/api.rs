@@ -501,6 +501,8 @@ impl Message for LinuxDevice {
 /// What the plugin asks the runtime to change in a container being created.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerAdjustment {
+    /// Annotations to add to the container's spec.
+    pub annotations: BTreeMap<String, String>,
     pub env: Vec<(String, String)>,
     pub hooks: Option<Hooks>,
     pub linux: Option<LinuxContainerAdjustment>,
@@ -509,6 +511,7 @@ pub struct ContainerAdjustment {
 impl Message for ContainerAdjustment {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
+        w.string_map(2, &self.annotations);
         for (k, v) in &self.env {
             let mut kv = Writer::new();
             kv.string(1, k);
@@ -527,6 +530,10 @@ impl Message for ContainerAdjustment {
         let mut m = Self::default();
         fields(buf, |f, v| {
             match f {
+                2 => {
+                    let (k, val) = map_entry(v.as_bytes(f)?)?;
+                    m.annotations.insert(k, val);
+                }
                 4 => m.env.push(map_entry(v.as_bytes(f)?)?),
                 5 => m.hooks = Some(Hooks::decode(v.as_bytes(f)?)?),
                 6 => m.linux = Some(LinuxContainerAdjustment::decode(v.as_bytes(f)?)?),
@@ -686,6 +693,7 @@ mod tests {
         round_trip(CreateContainerResponse { adjust: None });
         round_trip(CreateContainerResponse {
             adjust: Some(ContainerAdjustment {
+                annotations: annotations(&[("oci-tpm-hook/device", "tpmrm0")]),
                 env: vec![("TSS2_TCTI".into(), "device:/dev/tpmrm0".into())],
                 hooks: Some(container().hooks),
                 linux: Some(LinuxContainerAdjustment {

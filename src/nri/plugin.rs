@@ -168,10 +168,10 @@ fn has_hook(hooks: &Hooks, path: &str) -> bool {
     hooks.create_runtime.iter().any(|h| h.path == path)
 }
 
-/// The adjustment for a grant: the device node (the runtime adds the
-/// matching device-cgroup allow rule itself), the TCTI environment, and the
-/// hook unless the container already has it (the fail-closed base runtime
-/// spec puts it there).
+/// The adjustment for a grant: the request as the container's annotations,
+/// the device node (the runtime adds the matching device-cgroup allow rule
+/// itself), the TCTI environment, and the hook unless the container already
+/// has it (the fail-closed base runtime spec puts it there).
 pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> ContainerAdjustment {
     let hooks = hook
         .filter(|h| !has_hook(existing, &h.path))
@@ -180,6 +180,9 @@ pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> Contai
             ..Default::default()
         });
     ContainerAdjustment {
+        // The hook reads the request from the container's own annotations,
+        // and containerd does not copy the pod's there by default.
+        annotations: grant.request_annotations(),
         env: grant
             .env()
             .into_iter()
@@ -305,6 +308,15 @@ mod tests {
                 ),
                 ("TSS2_TCTI".to_string(), "device:/dev/tpmrm0".to_string())
             ]
+        );
+        assert_eq!(
+            a.annotations,
+            map(&[
+                ("oci-tpm-hook/device", "tpmrm0"),
+                ("oci-tpm-hook/required", "true"),
+                ("oci-tpm-hook/self-test", "quick")
+            ]),
+            "the hook finds the request in the container's own annotations"
         );
         let hooks = a.hooks.unwrap();
         assert_eq!(hooks.create_runtime.len(), 1);
