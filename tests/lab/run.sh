@@ -88,6 +88,19 @@ make_run_dir() {
     ls -1dt "$base"/run-* 2>/dev/null | tail -n +$((RUNS_TO_KEEP + 1)) | xargs -r rm -rf
 }
 
+# Copy the repository's files (scenarios, helpers, packaging) as they are
+# now, so edits made while the VM runs change nothing in this run.
+stage_repository() {
+    mkdir -p "$RUN_DIR/repo"
+    if git -C "$REPO_DIR" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        (cd "$REPO_DIR" && git ls-files -coz --exclude-standard \
+            | tar --null --ignore-failed-read -T - -cf -) | tar -xf - -C "$RUN_DIR/repo"
+    else
+        tar -C "$REPO_DIR" --exclude=./target --exclude=./tests/lab/out -cf - . \
+            | tar -xf - -C "$RUN_DIR/repo"
+    fi
+}
+
 # Copy the project's release binaries, so a rebuild during the run changes nothing.
 stage_project_binaries() {
     local b found=0
@@ -130,7 +143,7 @@ start_vm() {
         --disable-kvm --disable-microvm --verbose \
         --memory "$LAB_MEMORY" --cpus "$LAB_CPUS" \
         --name "oci-tpm-lab-$$" \
-        --rodir="/lab/repo=$REPO_DIR" \
+        --rodir="/lab/repo=$RUN_DIR/repo" \
         --rodir="/lab/bin=$RUN_DIR/bin" \
         --rodir="/lab/image=$image" \
         --rwdir="/lab/out=$RUN_DIR/results" \
@@ -310,6 +323,7 @@ main() {
     flock -s 7
 
     make_run_dir
+    stage_repository
     stage_project_binaries
     say "run directory: $RUN_DIR"
     start_swtpm

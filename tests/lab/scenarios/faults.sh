@@ -50,10 +50,31 @@ on_exit "kill -CONT $swtpm_pid"
 start=$(date +%s)
 assert_fails timeout 120 podman run --rm --runtime runc --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
 took=$(( $(date +%s) - start ))
-kill -CONT "$swtpm_pid"
 assert_contains "$LAB_OUTPUT" "self-test"
 note "podman run failed after ${took} s (self-test timeout 2 s)"
 [[ $took -lt 60 ]] || fail "a hung TPM held the container start for ${took} s"
+
+step "the same with required=false: it starts without the TPM, and nothing of the grant is left"
+# Inside: no node; mknod of the TPM's numbers works (mknod is allowed) but
+# opening it is refused by the device cgroup, so the rule was taken back;
+# /dev/null's numbers open (the check itself works); no process from
+# outside the container (shown as pid 0) sits in its cgroup.
+vnumbers=$(device_numbers "$dev")
+probe_rollback="test ! -e /dev/$name && echo no-node
+mknod /tmp/tpm c ${vnumbers%:*} ${vnumbers#*:} && echo made
+if (exec 3<>/tmp/tpm) 2>/dev/null; then echo TPM-OPENED; else echo tpm-open-refused; fi
+mknod /tmp/null c 1 3 && if (exec 3<>/tmp/null); then echo null-opened; fi
+grep -qx 0 /sys/fs/cgroup/cgroup.procs && echo FOREIGN-PROCESS || echo cgroup-clean"
+for rt in runc crun; do
+    assert_ok timeout 120 podman run --rm --runtime "$rt" --cap-add MKNOD \
+        --annotation "oci-tpm-hook/device=$name" --annotation oci-tpm-hook/required=false \
+        "$LAB_IMAGE" bash -c "$probe_rollback"
+    for want in no-node made tpm-open-refused null-opened cgroup-clean; do
+        assert_contains "$LAB_OUTPUT" "$want" "podman ($rt)"
+    done
+    assert_not_contains "$LAB_OUTPUT" "TPM-OPENED" "podman ($rt): the rule was not taken back"
+done
+kill -CONT "$swtpm_pid"
 
 step "a TPM that went away (its swtpm ended): a clear failure"
 kill -TERM "$swtpm_pid"

@@ -48,3 +48,22 @@ run runc create --bundle "$bundle" cgroupv1-b
 on_exit "runc delete --force cgroupv1-b"
 assert_ok cat /sys/fs/cgroup/devices/lab/cgroupv1/devices.list
 assert_contains "$LAB_OUTPUT" "c $numbers rw"
+
+step "a self-test that fails, with required=false: the container is created without the rule"
+# A 1 ms self-test budget cannot be met: the hook gives up and takes the
+# grant back (devices.deny of the exact rule) before runc goes on.
+install_policy '[self-test]
+timeout-ms = 1'
+bundle_jq "$bundle" '.annotations["oci-tpm-hook/required"] = "false"
+    | .linux.cgroupsPath = "/lab/cgroupv1-c"'
+mark_hook_log
+run runc create --bundle "$bundle" cgroupv1-c
+on_exit "runc delete --force cgroupv1-c"
+log_lines=$(hook_log_new)
+printf '%s\n' "$log_lines"
+assert_contains "$log_lines" "required=false" "hook log: gave up, optional"
+assert_ok cat /sys/fs/cgroup/devices/lab/cgroupv1-c/devices.list
+assert_not_contains "$LAB_OUTPUT" "c $numbers rw" "the rule was taken back"
+pid=$(runc state cgroupv1-c | jq .pid)
+assert_ok nsenter -t "$pid" -m ls -l /dev/
+assert_not_contains "$LAB_OUTPUT" "tpmrm0" "the node was taken back"
