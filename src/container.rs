@@ -195,7 +195,7 @@ fn reap_within(child: Pid, grace: Duration) -> bool {
 /// Moves a killed child that has not died yet into the hook's own cgroup.
 fn evict(child: Pid) {
     let moved =
-        crate::cgroup::locate(std::process::id() as i32).and_then(|own| own.join(child.as_raw()));
+        devcgroup::locate(std::process::id() as i32).and_then(|own| own.join(child.as_raw()));
     match moved {
         Ok(()) => tracing::warn!(pid = child.as_raw(), "a helper stuck in the kernel was moved out of the container's cgroup; it ends when its TPM command returns"),
         Err(e) => tracing::error!(pid = child.as_raw(), error = %format!("{e:#}"), "a helper stuck in the kernel could not be moved out of the container's cgroup"),

@@ -14,7 +14,7 @@ use crate::identity::{Engine, ProcessIdentity};
 use crate::policy::{self, NodeAccess, Policy};
 use crate::request::{self, Requester, TpmRequest};
 use crate::text::untrusted;
-use crate::tpm::SelfTestLevel;
+use tpm2_selftest::SelfTestLevel;
 
 /// The node's mode: the owner (root) and the group may read and write.
 pub const NODE_MODE: u32 = 0o660;

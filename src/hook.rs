@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{self, ContainerCgroup, DeviceAccess, DeviceGrant};
 use crate::container::ContainerProcess;
 use crate::credentials::{self, RanAs};
 use crate::grant::{self, Grant, Subject};
@@ -28,8 +27,9 @@ use crate::node::{self, NodeMethod, NodeOutcome, NodeSpec};
 use crate::policy::{self, NodeAccess, Policy};
 use crate::request;
 use crate::state::{BundleSpec, ContainerState};
-use crate::tpm::{self, SelfTestLevel, SelfTestReport};
 use crate::userns::IdMaps;
+use devcgroup::{ContainerCgroup, DeviceAccess, DeviceGrant};
+use tpm2_selftest::{self as tpm, SelfTestLevel, SelfTestReport};
 
 /// Bound on the helper that makes the node (fork, setns, mknod).
 const NODE_STEP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -311,7 +311,7 @@ fn deliver(
     check_privileges()?;
     let bundle = BundleSpec::load(&state.bundle)?;
     let plan = plan(state, subject, grant, &bundle, started)?;
-    let cgroup = cgroup::locate(state.pid)
+    let cgroup = devcgroup::locate(state.pid)
         .with_context(|| format!("cannot find the cgroup of container process {}", state.pid))?;
     let process = ContainerProcess::open(state.pid)?;
 

@@ -4,7 +4,6 @@
 //! (createRuntime hook, docker runtime wrapper, containerd NRI plugin) turn
 //! a [`grant::Grant`] into whatever their runtime understands.
 
-pub mod cgroup;
 pub mod container;
 pub mod credentials;
 pub mod device_rules;
@@ -23,5 +22,4 @@ pub mod selftest_cli;
 pub mod spec_edit;
 pub mod state;
 pub mod text;
-pub mod tpm;
 pub mod userns;

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::request::{Requester, TpmRequest};
-use crate::tpm::SelfTestLevel;
+use tpm2_selftest::SelfTestLevel;
 
 pub const DEFAULT_PATH: &str = "/etc/oci-tpm-hook/config.toml";
 /// Overrides [`DEFAULT_PATH`] for every front-end.

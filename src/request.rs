@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
 
-use crate::tpm::SelfTestLevel;
+use tpm2_selftest::SelfTestLevel;
 
 /// Every key this project reads starts with this prefix.
 pub const PREFIX: &str = "oci-tpm-hook/";

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use lexopt::ValueExt;
 
-use crate::tpm::{self, SelfTestLevel};
+use tpm2_selftest::{self as tpm, SelfTestLevel};
 
 /// Where the device is when `--device` is not given: the TCTI the grant put
 /// into the container's environment, else the first resource manager.

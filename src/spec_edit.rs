@@ -484,8 +484,8 @@ mod tests {
     use super::*;
     use crate::host::HostTpm;
     use crate::policy::NodeAccess;
-    use crate::tpm::SelfTestLevel;
     use std::time::Duration;
+    use tpm2_selftest::SelfTestLevel;
 
     fn grant() -> Grant {
         Grant {

@@ -9,8 +9,8 @@ use oci_tpm_hook::grant::Grant;
 use oci_tpm_hook::grant::HookEntry;
 use oci_tpm_hook::host::HostTpm;
 use oci_tpm_hook::spec_edit::SpecFile;
-use oci_tpm_hook::tpm::SelfTestLevel;
 use serde_json::Value;
+use tpm2_selftest::SelfTestLevel;
 
 /// Shaped like what docker writes (compact), with fields no OCI struct knows,
 /// at the top level and nested, and keys in no particular order.

@@ -18,7 +18,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::PollFlags;
 
 use super::{time_left, wait_until_ready, with_allowed_time, Transport, TransportError};
-use crate::tpm::proto::{MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
+use crate::proto::{MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
 
 #[derive(Debug)]
 pub struct DeviceTransport {

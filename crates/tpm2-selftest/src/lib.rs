@@ -1,6 +1,9 @@
 //! The minimal TPM 2.0 wire protocol needed to prove a TPM works, and the
 //! transports that carry it.
 //!
+//! A library of its own: it knows nothing of containers, so a health probe,
+//! a device plugin or any other tool can prove a TPM with it.
+//!
 //! - [`proto`]: command marshaling and response parsing (pure, no I/O).
 //! - [`response_code`]: decoding of `TPM_RC` values into something a person
 //!   can act on.

@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::tpm::proto::{HEADER_SIZE, MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
+use crate::proto::{HEADER_SIZE, MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
 
 #[derive(Debug)]
 pub enum TransportError {

@@ -1,13 +1,17 @@
-//! Granting a char device to a container's cgroup, and joining that cgroup.
+//! Granting a char device to a running container's cgroup, taking the grant
+//! back, and joining that cgroup.
 //!
-//! The hook calls, in order:
+//! A library of its own: it knows nothing of TPMs, annotations or policy,
+//! so any tool that must let a container's cgroup reach one more device
+//! (after the runtime set its rules) can use it. oci-tpm-hook calls, in
+//! order:
 //!
 //! ```no_run
 //! # fn demo(container_pid: i32, child_pid: i32) -> anyhow::Result<()> {
-//! use oci_tpm_hook::cgroup::{self, DeviceAccess};
+//! use devcgroup::DeviceAccess;
 //!
 //! // From /proc/<pid>/cgroup and our own mount table.
-//! let cg = cgroup::locate(container_pid)?;
+//! let cg = devcgroup::locate(container_pid)?;
 //! // Idempotent: Added, AlreadyAllowed or Unrestricted.
 //! let grant = cg.allow_device(&DeviceAccess::new(253, 65536))?;
 //! // A forked self-test child joins, so its open() meets the container's rules.

@@ -10,10 +10,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use devcgroup::{self, mountinfo, v1, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess};
 use nix::errno::Errno;
-use oci_tpm_hook::cgroup::{
-    self, mountinfo, v1, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess,
-};
 
 #[path = "support/cgroup_child.rs"]
 mod cgroup_child;
@@ -83,7 +81,7 @@ fn grants_a_device_through_devices_allow() {
     let cg = ContainerCgroup::v1(&t.0, vec![]);
 
     let found = open_in(&cg, "/dev/null", |pid| {
-        let found = cgroup::locate(pid).unwrap();
+        let found = devcgroup::locate(pid).unwrap();
         assert_eq!(found.version(), CgroupVersion::V1);
         assert_eq!(found.device_dir(), t.0);
     });

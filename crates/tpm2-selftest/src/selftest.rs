@@ -522,7 +522,7 @@ pub fn firmware_version(first: u32, second: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tpm::scripted_transport::{
+    use crate::scripted_transport::{
         properties, random, rc, response, test_result, Reply, ScriptedTransport,
     };
 

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_tpm_hook::tpm::proto;
-use oci_tpm_hook::tpm::selftest::SelfTestFailure;
-use oci_tpm_hook::tpm::{
+use tpm2_selftest::proto;
+use tpm2_selftest::selftest::SelfTestFailure;
+use tpm2_selftest::{
     run_self_test, RcKind, ResponseCode, SelfTestLevel, SelfTestStep, SocketTransport, Transport,
     TransportError,
 };

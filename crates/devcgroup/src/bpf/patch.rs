@@ -32,7 +32,7 @@ use super::insn::*;
 use super::interp::{self, DevCtx, InterpError};
 use super::unblind::unblind;
 use super::{ACC_READ, ACC_WRITE, DEV_CHAR};
-use crate::cgroup::DeviceAccess;
+use crate::DeviceAccess;
 
 /// Number of instructions in [`allow_block`].
 pub const ALLOW_BLOCK_LEN: usize = 12;

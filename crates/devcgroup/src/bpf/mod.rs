@@ -5,6 +5,7 @@
 //! No eBPF framework: device programs are a few dozen instructions, and the
 //! kernel interface we need is five commands.
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod filter;
 pub mod insn;
 pub mod interp;

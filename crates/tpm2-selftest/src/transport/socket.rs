@@ -14,7 +14,7 @@ use std::time::Instant;
 use nix::poll::PollFlags;
 
 use super::{wait_until_ready, with_allowed_time, Transport, TransportError};
-use crate::tpm::proto::{HEADER_SIZE, MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
+use crate::proto::{HEADER_SIZE, MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE};
 
 #[derive(Debug)]
 pub struct SocketTransport {

@@ -3,10 +3,10 @@
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 
+use devcgroup::ContainerCgroup;
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult};
-use oci_tpm_hook::cgroup::ContainerCgroup;
 
 /// Forks a child, moves it into `cg` with [`ContainerCgroup::join`], calls
 /// `inspect` with its pid while it sits there, then has it open `path`

@@ -13,15 +13,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use devcgroup::bpf::filter::{deny_by_default, Rule};
+use devcgroup::bpf::insn::{Insn, R0};
+use devcgroup::bpf::patch;
+use devcgroup::bpf::sys::{self, ATTACH_CGROUP_DEVICE, F_ALLOW_MULTI};
+use devcgroup::bpf::unblind::unblind;
+use devcgroup::{self, mountinfo, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess};
 use nix::errno::Errno;
-use oci_tpm_hook::cgroup::bpf::filter::{deny_by_default, Rule};
-use oci_tpm_hook::cgroup::bpf::insn::{Insn, R0};
-use oci_tpm_hook::cgroup::bpf::patch;
-use oci_tpm_hook::cgroup::bpf::sys::{self, ATTACH_CGROUP_DEVICE, F_ALLOW_MULTI};
-use oci_tpm_hook::cgroup::bpf::unblind::unblind;
-use oci_tpm_hook::cgroup::{
-    self, mountinfo, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess,
-};
 
 #[path = "support/cgroup_child.rs"]
 mod cgroup_child;
@@ -132,7 +130,7 @@ fn grants_a_device_by_patching_the_attached_program() {
 
     // The child really is in our cgroup, and locate() finds it there.
     let seen = open_in(&cg, NULL, |pid| {
-        let found = cgroup::locate(pid).unwrap();
+        let found = devcgroup::locate(pid).unwrap();
         match found.version() {
             CgroupVersion::V2 => assert_eq!(found.device_dir(), t.child),
             // Hybrid host: v1 devices decide, the unified dir is joined too.
@@ -174,7 +172,7 @@ fn grants_a_device_by_patching_the_attached_program() {
     // (On hardened hosts the dump is blinded; unblind is a no-op otherwise.)
     let insns = unblind(&info.insns).unwrap();
     assert!(patch::starts_with_allow_block(&insns, &ZERO_DEV));
-    assert_eq!(info.name, cgroup::PROGRAM_NAME);
+    assert_eq!(info.name, devcgroup::PROGRAM_NAME);
 
     // Idempotent: no second block, no second program.
     assert_eq!(

@@ -451,7 +451,7 @@ impl ProtoError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tpm::response_code::RcKind;
+    use crate::response_code::RcKind;
 
     /// Parses a space-separated hex string as written in the documentation.
     fn hex(s: &str) -> Vec<u8> {

@@ -304,7 +304,7 @@ mod tests {
     use super::super::patch::prepend_allow_block;
     use super::super::{ACC_MKNOD, ACC_READ, ACC_WRITE};
     use super::*;
-    use crate::cgroup::DeviceAccess;
+    use crate::DeviceAccess;
 
     fn programs() -> Vec<Vec<Insn>> {
         let runtime = deny_by_default(&[
