@@ -1,25 +1,15 @@
 //! oci-tpm-hook: give OCI containers verified access to the host's TPM 2.0.
 //!
-//! One request parser, one policy, one grant; several front-ends
-//! (createRuntime hook, docker runtime wrapper, containerd NRI plugin) turn
-//! a [`grant::Grant`] into whatever their runtime understands.
+//! One request parser, one policy, one grant ([`core`]); the documents
+//! runtimes hand over ([`oci`]); the privileged actions on a running
+//! container ([`privileged`]); several front-ends ([`frontend`]) that turn a
+//! [`core::grant::Grant`] into whatever their runtime understands. The TPM
+//! protocol and the device-cgroup grant are libraries of their own
+//! (`tpm2-selftest`, `devcgroup`).
 
-pub mod container;
-pub mod credentials;
-pub mod device_rules;
-pub mod grant;
-pub mod hook;
-pub mod host;
-pub mod identity;
+pub mod core;
+pub mod frontend;
 pub mod log;
-pub mod node;
-pub mod nri;
-pub mod policy;
-pub mod request;
-pub mod runtime_report;
-pub mod runtime_shim;
-pub mod selftest_cli;
-pub mod spec_edit;
-pub mod state;
+pub mod oci;
+pub mod privileged;
 pub mod text;
-pub mod userns;

@@ -13,7 +13,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::policy::{LogPolicy, LogTarget};
+use crate::core::policy::{LogPolicy, LogTarget};
 
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 

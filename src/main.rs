@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use oci_tpm_hook::hook::{self, HookResult};
-use oci_tpm_hook::host::HostRoots;
-use oci_tpm_hook::selftest_cli;
+use oci_tpm_hook::core::host::HostRoots;
+use oci_tpm_hook::frontend::hook::{self, HookResult};
+use oci_tpm_hook::frontend::selftest;
 
 const USAGE: &str = "usage:
   oci-tpm-hook [hook] [--config PATH]     createRuntime hook: OCI state on stdin
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let args: Vec<_> = args.collect();
     let result = match sub.as_deref() {
         None | Some("hook") => return hook_main(args),
-        Some("selftest") => selftest_cli::main(args),
+        Some("selftest") => selftest::main(args),
         Some("nri") => nri_main(args),
         Some(other) => Err(anyhow::anyhow!("unknown subcommand {other:?}\n{USAGE}")),
     };
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 /// The createRuntime hook: options, then the state on stdin (`hook::run`).
 fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
     let mut config: Option<PathBuf> =
-        std::env::var_os(oci_tpm_hook::policy::PATH_ENV).map(PathBuf::from);
+        std::env::var_os(oci_tpm_hook::core::policy::PATH_ENV).map(PathBuf::from);
     let mut parser = lexopt::Parser::from_args(args);
     loop {
         match parser.next() {
@@ -86,7 +86,7 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
             // host's log.
             let message = format!("{e:#}");
             eprintln!("oci-tpm-hook: {message}");
-            oci_tpm_hook::runtime_report::report_through_runtime(&message);
+            oci_tpm_hook::frontend::runtime_report::report_through_runtime(&message);
             oci_tpm_hook::log::error_also_to_log(&message);
             ExitCode::FAILURE
         }
@@ -101,7 +101,7 @@ fn nri_main(args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
                 .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))
         })
         .collect::<anyhow::Result<Vec<String>>>()?;
-    oci_tpm_hook::nri::run(&args)?;
+    oci_tpm_hook::frontend::nri::run(&args)?;
     Ok(ExitCode::SUCCESS)
 }
 

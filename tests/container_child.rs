@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use oci_tpm_hook::container::ContainerProcess;
-use oci_tpm_hook::credentials::{self, RanAs};
-use oci_tpm_hook::identity::ProcessIdentity;
+use oci_tpm_hook::core::identity::ProcessIdentity;
+use oci_tpm_hook::privileged::container::ContainerProcess;
+use oci_tpm_hook::privileged::credentials::{self, RanAs};
 
 fn me() -> ContainerProcess {
     ContainerProcess::open(std::process::id() as i32).unwrap()

@@ -9,12 +9,12 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
-use oci_tpm_hook::nri::api::{self, Message};
-use oci_tpm_hook::nri::mux::{self, Demux};
-use oci_tpm_hook::nri::plugin::TpmPlugin;
-use oci_tpm_hook::nri::stub::{Ended, Registration, Session, State};
-use oci_tpm_hook::nri::ttrpc::{self, Decoder, Request, Response};
-use oci_tpm_hook::policy::{self, Policy};
+use oci_tpm_hook::core::policy::{self, Policy};
+use oci_tpm_hook::frontend::nri::api::{self, Message};
+use oci_tpm_hook::frontend::nri::mux::{self, Demux};
+use oci_tpm_hook::frontend::nri::plugin::TpmPlugin;
+use oci_tpm_hook::frontend::nri::stub::{Ended, Registration, Session, State};
+use oci_tpm_hook::frontend::nri::ttrpc::{self, Decoder, Request, Response};
 
 #[path = "support/fake_host.rs"]
 mod fake_host;

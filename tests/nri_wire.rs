@@ -12,13 +12,13 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::thread;
 
-use oci_tpm_hook::host::HostRoots;
-use oci_tpm_hook::nri::api::{self, Message};
-use oci_tpm_hook::nri::mux::Demux;
-use oci_tpm_hook::nri::plugin::TpmPlugin;
-use oci_tpm_hook::nri::stub::{Ended, Registration, Session, State};
-use oci_tpm_hook::nri::ttrpc::{self, Decoder, Request, Response};
-use oci_tpm_hook::policy::{self, Policy};
+use oci_tpm_hook::core::host::HostRoots;
+use oci_tpm_hook::core::policy::{self, Policy};
+use oci_tpm_hook::frontend::nri::api::{self, Message};
+use oci_tpm_hook::frontend::nri::mux::Demux;
+use oci_tpm_hook::frontend::nri::plugin::TpmPlugin;
+use oci_tpm_hook::frontend::nri::stub::{Ended, Registration, Session, State};
+use oci_tpm_hook::frontend::nri::ttrpc::{self, Decoder, Request, Response};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/nri/{name}", env!("CARGO_MANIFEST_DIR"));

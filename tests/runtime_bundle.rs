@@ -5,9 +5,11 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use oci_tpm_hook::host::HostRoots;
-use oci_tpm_hook::policy::Policy;
-use oci_tpm_hook::runtime_shim::{parse_args, prepare_bundle, BundleOutcome, RuntimeLog};
+use oci_tpm_hook::core::host::HostRoots;
+use oci_tpm_hook::core::policy::Policy;
+use oci_tpm_hook::frontend::runtime_wrapper::{
+    parse_args, prepare_bundle, BundleOutcome, RuntimeLog,
+};
 use serde_json::Value;
 
 #[path = "support/fake_host.rs"]

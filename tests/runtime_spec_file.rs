@@ -5,10 +5,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use oci_tpm_hook::grant::Grant;
-use oci_tpm_hook::grant::HookEntry;
-use oci_tpm_hook::host::HostTpm;
-use oci_tpm_hook::spec_edit::SpecFile;
+use oci_tpm_hook::core::grant::Grant;
+use oci_tpm_hook::core::grant::HookEntry;
+use oci_tpm_hook::core::host::HostTpm;
+use oci_tpm_hook::oci::spec_edit::SpecFile;
 use serde_json::Value;
 use tpm2_selftest::SelfTestLevel;
 
@@ -28,7 +28,7 @@ fn grant() -> Grant {
         mode: 0o660,
         gid: 102,
         group_name: Some("tss".into()),
-        access: oci_tpm_hook::policy::NodeAccess::Group,
+        access: oci_tpm_hook::core::policy::NodeAccess::Group,
         self_test: SelfTestLevel::Quick,
         timeout: Duration::from_secs(5),
         required: true,

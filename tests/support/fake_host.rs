@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use oci_tpm_hook::host::HostRoots;
+use oci_tpm_hook::core::host::HostRoots;
 
 /// Lays out `tpmrm0` (its node is a symlink to /dev/null, 1:3: any character
 /// device will do) and a `tss` group with `tss_gid` under `dir`.

@@ -1,6 +1,6 @@
 //! The TPM plugin: turns a container's request into an NRI adjustment.
 //!
-//! Everything that decides lives in [`crate::grant::decide`]; this file only
+//! Everything that decides lives in [`crate::core::grant::decide`]; this file only
 //! reads the NRI messages into a [`Subject`] and writes the [`Grant`] back
 //! as a device, environment and the createRuntime hook that self-tests it.
 
@@ -11,10 +11,10 @@ use tracing::{info, warn};
 use super::api::{self, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, LinuxDevice};
 use super::stub::Plugin;
 use super::ttrpc::{code, Status};
-use crate::grant::{decide, Grant, HookEntry, Subject};
-use crate::host::HostRoots;
-use crate::policy::Policy;
-use crate::request::mentions_us;
+use crate::core::grant::{decide, Grant, HookEntry, Subject};
+use crate::core::host::HostRoots;
+use crate::core::policy::Policy;
+use crate::core::request::mentions_us;
 
 pub struct TpmPlugin {
     pub policy: Policy,
@@ -206,7 +206,7 @@ pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> Contai
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nri::api::{Container, PodSandbox};
+    use crate::frontend::nri::api::{Container, PodSandbox};
     use std::fs;
 
     struct Fixture {
@@ -233,7 +233,7 @@ mod tests {
         fs::write(&hook, "").unwrap();
         let mut policy = Policy::default();
         policy.hook.path = hook.clone();
-        let plugin = TpmPlugin::new(policy, crate::policy::DEFAULT_PATH.into(), host, true);
+        let plugin = TpmPlugin::new(policy, crate::core::policy::DEFAULT_PATH.into(), host, true);
         Fixture {
             _dir: dir,
             plugin,

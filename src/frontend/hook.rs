@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::container::ContainerProcess;
-use crate::credentials::{self, RanAs};
-use crate::grant::{self, Grant, Subject};
-use crate::host::HostRoots;
-use crate::identity::{self, NodeOwnership, ProcessIdentity};
-use crate::node::{self, NodeMethod, NodeOutcome, NodeSpec};
-use crate::policy::{self, NodeAccess, Policy};
-use crate::request;
-use crate::state::{BundleSpec, ContainerState};
-use crate::userns::IdMaps;
+use crate::core::grant::{self, Grant, Subject};
+use crate::core::host::HostRoots;
+use crate::core::identity::{self, NodeOwnership, ProcessIdentity};
+use crate::core::policy::{self, NodeAccess, Policy};
+use crate::core::request;
+use crate::core::userns::IdMaps;
+use crate::oci::state::{BundleSpec, ContainerState};
+use crate::privileged::container::ContainerProcess;
+use crate::privileged::credentials::{self, RanAs};
+use crate::privileged::node::{self, NodeMethod, NodeOutcome, NodeSpec};
 use devcgroup::{ContainerCgroup, DeviceAccess, DeviceGrant};
 use tpm2_selftest::{self as tpm, SelfTestLevel, SelfTestReport};
 

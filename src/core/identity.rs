@@ -16,7 +16,7 @@ use std::fmt;
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
-use crate::userns::{inside_id, IdMaps};
+use crate::core::userns::{inside_id, IdMaps};
 
 /// The container's process, in the container's own ids (inside its user
 /// namespace when it has one), as the runtime will start it.
@@ -252,7 +252,7 @@ impl fmt::Display for AccessDenied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::userns::parse_id_map;
+    use crate::core::userns::parse_id_map;
     use serde_json::json;
 
     fn user(uid: u32, gid: u32, extra: &[u32]) -> ProcessIdentity {

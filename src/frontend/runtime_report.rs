@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
-use crate::runtime_shim::{parse_args, RuntimeLog};
+use crate::frontend::runtime_wrapper::{parse_args, RuntimeLog};
 
 /// Who signs the lines.
 const SPEAKER: &str = "oci-tpm-hook";

@@ -22,7 +22,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::ProcessIdentity;
+use crate::core::identity::ProcessIdentity;
 
 /// The ids the process ended up with, read back from the kernel (inside the
 /// user namespace when it entered one): what the hook's report shows.

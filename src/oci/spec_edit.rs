@@ -26,8 +26,8 @@ use nix::sys::stat::Mode;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::grant::{Grant, HookEntry};
-use crate::identity::ProcessIdentity;
+use crate::core::grant::{Grant, HookEntry};
+use crate::core::identity::ProcessIdentity;
 
 /// How the hook entry looks in config.json.
 fn hook_value(hook: &HookEntry) -> Value {
@@ -158,7 +158,8 @@ fn apply_in_place(spec: &mut Value, grant: &Grant, hook: &HookEntry) -> anyhow::
     }
     let resources = object_entry(linux, "resources", "/linux/resources")?;
     let rules = array_entry(resources, "devices", "/linux/resources/devices")?;
-    if !crate::device_rules::allows_char_device(rules, grant.device.major, grant.device.minor)? {
+    if !crate::oci::device_rules::allows_char_device(rules, grant.device.major, grant.device.minor)?
+    {
         rules.push(json!({
             "allow": true,
             "type": "c",
@@ -373,7 +374,8 @@ impl SpecFile {
     }
 
     pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        crate::state::annotations(&self.spec).with_context(|| format!("in {}", self.path.display()))
+        crate::oci::state::annotations(&self.spec)
+            .with_context(|| format!("in {}", self.path.display()))
     }
 
     /// Applies the grant and writes the file when that changed anything; an
@@ -482,8 +484,8 @@ fn serialize_like(spec: &Value, original: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::HostTpm;
-    use crate::policy::NodeAccess;
+    use crate::core::host::HostTpm;
+    use crate::core::policy::NodeAccess;
     use std::time::Duration;
     use tpm2_selftest::SelfTestLevel;
 

@@ -7,7 +7,7 @@
 //!
 //! Layout: [`mux`], [`ttrpc`] and [`proto`] are the transport, [`api`] the
 //! NRI messages, [`stub`] one session of the protocol, [`plugin`] the TPM
-//! logic (a thin layer over [`crate::grant::decide`]). This file runs it:
+//! logic (a thin layer over [`crate::core::grant::decide`]). This file runs it:
 //! options, logging, signals, and reconnecting when containerd restarts.
 
 pub mod api;
@@ -30,8 +30,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{debug, error, info, warn};
 
-use crate::host::HostRoots;
-use crate::policy::{self, Policy};
+use crate::core::host::HostRoots;
+use crate::core::policy::{self, Policy};
 use plugin::TpmPlugin;
 use stub::{Ended, Registration, Session, State};
 

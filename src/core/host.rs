@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::policy::{GroupSpec, Policy};
-use crate::request::{is_tpm_device_name, DeviceSelector};
+use crate::core::policy::{GroupSpec, Policy};
+use crate::core::request::{is_tpm_device_name, DeviceSelector};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRoots {

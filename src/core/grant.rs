@@ -9,10 +9,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::{container_path, HostRoots, HostTpm};
-use crate::identity::{Engine, ProcessIdentity};
-use crate::policy::{self, NodeAccess, Policy};
-use crate::request::{self, Requester, TpmRequest};
+use crate::core::host::{container_path, HostRoots, HostTpm};
+use crate::core::identity::{Engine, ProcessIdentity};
+use crate::core::policy::{self, NodeAccess, Policy};
+use crate::core::request::{self, Requester, TpmRequest};
 use crate::text::untrusted;
 use tpm2_selftest::SelfTestLevel;
 

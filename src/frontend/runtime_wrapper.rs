@@ -23,11 +23,11 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::grant::HookEntry;
-use crate::grant::{decide, Subject};
-use crate::host::HostRoots;
-use crate::policy::{resolve_path, Policy};
-use crate::spec_edit::{Changes, SpecFile};
+use crate::core::grant::HookEntry;
+use crate::core::grant::{decide, Subject};
+use crate::core::host::HostRoots;
+use crate::core::policy::{resolve_path, Policy};
+use crate::oci::spec_edit::{Changes, SpecFile};
 
 /// Prefix of every message, so a user reading docker's error knows who spoke.
 pub const PREFIX: &str = "oci-tpm-runtime";

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::request::{Requester, TpmRequest};
+use crate::core::request::{Requester, TpmRequest};
 use tpm2_selftest::SelfTestLevel;
 
 pub const DEFAULT_PATH: &str = "/etc/oci-tpm-hook/config.toml";
@@ -320,7 +320,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::DeviceSelector;
+    use crate::core::request::DeviceSelector;
 
     #[test]
     fn defaults_without_file() {
@@ -426,7 +426,7 @@ mod tests {
 
     #[test]
     fn shipped_example_is_the_defaults() {
-        let text = include_str!("../packaging/config.toml");
+        let text = include_str!("../../packaging/config.toml");
         assert_eq!(Policy::parse(text).unwrap(), Policy::default());
     }
 

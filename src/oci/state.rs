@@ -133,7 +133,7 @@ impl BundleSpec {
     /// executable (engines copy hooks.d entries into the spec). `None` when
     /// no entry sets one.
     pub fn own_hook_timeout(&self) -> Option<u64> {
-        let me = crate::runtime_shim::FileId::current_exe()?;
+        let me = crate::frontend::runtime_wrapper::FileId::current_exe()?;
         self.spec
             .pointer("/hooks/createRuntime")
             .and_then(Value::as_array)?
@@ -141,7 +141,7 @@ impl BundleSpec {
             .filter(|h| {
                 h.get("path")
                     .and_then(Value::as_str)
-                    .and_then(|p| crate::runtime_shim::FileId::of(Path::new(p)))
+                    .and_then(|p| crate::frontend::runtime_wrapper::FileId::of(Path::new(p)))
                     == Some(me)
             })
             .filter_map(|h| h.get("timeout").and_then(Value::as_u64))
@@ -161,7 +161,7 @@ impl BundleSpec {
                 self.dir.display()
             ),
         };
-        crate::device_rules::allows_char_device(rules, major, minor)
+        crate::oci::device_rules::allows_char_device(rules, major, minor)
             .with_context(|| format!("in {}/config.json", self.dir.display()))
     }
 }

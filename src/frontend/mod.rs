@@ -1,0 +1,15 @@
+//! The ways in: each front-end reads its runtime's input, asks the core
+//! ([`crate::core::grant::decide`]) and expresses the answer in its
+//! runtime's terms.
+//!
+//! - [`hook`]: the createRuntime hook (podman, CRI-O through hooks.d; the
+//!   other front-ends add it to the spec for the self-test);
+//! - [`runtime_wrapper`]: `oci-tpm-runtime`, a runc wrapper for docker;
+//! - [`nri`]: the containerd/CRI-O NRI plugin;
+//! - [`selftest`]: a TPM health probe.
+
+pub mod hook;
+pub mod nri;
+pub mod runtime_report;
+pub mod runtime_wrapper;
+pub mod selftest;
