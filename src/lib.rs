@@ -8,6 +8,7 @@
 //! (`tpm2-selftest`, `devcgroup`).
 
 pub mod core;
+pub mod file_id;
 pub mod frontend;
 pub mod log;
 pub mod oci;

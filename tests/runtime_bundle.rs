@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::core::policy::Policy;
-use oci_tpm_hook::frontend::runtime_wrapper::{
-    parse_args, prepare_bundle, BundleOutcome, RuntimeLog,
-};
+use oci_tpm_hook::frontend::runtime_wrapper::{prepare_bundle, BundleOutcome, PREFIX};
+use oci_tpm_hook::oci::runtime_cli::parse_args;
+use oci_tpm_hook::oci::runtime_log::RuntimeLog;
 use serde_json::Value;
 
 #[path = "support/fake_host.rs"]
@@ -50,7 +50,7 @@ fn prepare(h: &Host, args: &[&str]) -> anyhow::Result<BundleOutcome> {
         &parse_args(&args),
         &h.policy,
         &h.roots,
-        &RuntimeLog::default(),
+        &RuntimeLog::stderr_only(PREFIX),
     )
 }
 

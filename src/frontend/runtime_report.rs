@@ -21,7 +21,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
-use crate::frontend::runtime_wrapper::{parse_args, RuntimeLog};
+use crate::oci::runtime_cli::parse_args;
+use crate::oci::runtime_log::RuntimeLog;
 
 /// Who signs the lines.
 const SPEAKER: &str = "oci-tpm-hook";
@@ -47,7 +48,7 @@ pub fn report_through_runtime(message: &str) {
     if !inv.edits_bundle() {
         return;
     }
-    RuntimeLog::for_speaker(&inv, SPEAKER).append("error", message);
+    RuntimeLog::new(&inv, SPEAKER).append("error", message);
     if let Ok(mut err) = std::fs::OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
@@ -115,7 +116,7 @@ mod tests {
         )
         .unwrap();
         let inv = parse_args(&args);
-        assert!(RuntimeLog::for_speaker(&inv, SPEAKER).append("error", "no TPM\nfor you"));
+        assert!(RuntimeLog::new(&inv, SPEAKER).append("error", "no TPM\nfor you"));
         let text = std::fs::read_to_string(&log).unwrap();
         let entry: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(entry["level"], "error");

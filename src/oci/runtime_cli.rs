@@ -1,0 +1,415 @@
+//! An OCI runtime's command line, as runc (and crun) take it: which
+//! subcommand, which bundle, which `--log` file.
+//!
+//! The docker runtime wrapper reads it to find the bundle it must edit; the
+//! hook reads its runtime's to report through the runtime's log. Pure.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// runc's subcommands (1.1), plus urfave/cli's help.
+const SUBCOMMANDS: &[&str] = &[
+    "checkpoint",
+    "create",
+    "delete",
+    "events",
+    "exec",
+    "features",
+    "kill",
+    "list",
+    "pause",
+    "ps",
+    "restore",
+    "resume",
+    "run",
+    "spec",
+    "start",
+    "state",
+    "update",
+    "help",
+    "h",
+];
+
+/// Global flags that take a value: runc's, plus crun's `--cgroup-manager`
+/// and `--log-level` so crun can be the real runtime too.
+const GLOBAL_VALUE_FLAGS: &[&str] = &[
+    "log",
+    "log-format",
+    "root",
+    "criu",
+    "rootless",
+    "cgroup-manager",
+    "log-level",
+];
+const GLOBAL_BOOL_FLAGS: &[&str] = &["debug", "systemd-cgroup", "help", "h", "version", "v"];
+
+/// Flags of `create` and `run` that take a value (runc 1.1 and 1.2).
+const CREATE_VALUE_FLAGS: &[&str] = &[
+    "bundle",
+    "b",
+    "console-socket",
+    "pid-file",
+    "preserve-fds",
+    "pidfd-socket",
+];
+const CREATE_BOOL_FLAGS: &[&str] = &[
+    "detach",
+    "d",
+    "keep",
+    "no-subreaper",
+    "no-pivot",
+    "no-new-keyring",
+    "help",
+    "h",
+];
+
+/// What the wrapper needs to know about one runtime command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    pub command: Option<String>,
+    /// `--bundle`/`-b` of create/run; `None` = the working directory.
+    pub bundle: Option<PathBuf>,
+    /// The last positional argument of create/run.
+    pub container_id: Option<String>,
+    /// The runtime's `--log` file and `--log-format`, where errors must go.
+    pub log: Option<PathBuf>,
+    pub log_format: Option<String>,
+    /// Flags the wrapper does not know. With one of these it cannot be sure
+    /// where the bundle is, so it refuses to edit (see [`prepare_bundle`]).
+    pub unknown_flags: Vec<String>,
+}
+
+impl Invocation {
+    /// Only these two create a container from a bundle's config.json.
+    pub fn edits_bundle(&self) -> bool {
+        matches!(self.command.as_deref(), Some("create" | "run"))
+    }
+
+    /// The spec file the runtime will read: `<bundle>/config.json`, relative
+    /// to the working directory like runc's own `chdir(bundle)`.
+    pub fn config_path(&self) -> PathBuf {
+        match &self.bundle {
+            Some(b) if !b.as_os_str().is_empty() => b.join("config.json"),
+            _ => PathBuf::from("config.json"),
+        }
+    }
+}
+
+enum Token<'a> {
+    /// `--`: everything after it is positional.
+    EndOfFlags,
+    Positional,
+    Flag {
+        name: &'a str,
+        value: Option<&'a OsStr>,
+    },
+}
+
+/// Go's flag syntax (runc uses it through urfave/cli): `-name`, `--name`,
+/// `-name=value`, `--name=value`; a lone `-` is positional.
+fn classify(arg: &OsStr) -> Token<'_> {
+    let bytes = arg.as_bytes();
+    if bytes == b"--" {
+        return Token::EndOfFlags;
+    }
+    if bytes.len() < 2 || bytes[0] != b'-' {
+        return Token::Positional;
+    }
+    let body = bytes.strip_prefix(b"--").unwrap_or(&bytes[1..]);
+    let (name, value) = match body.iter().position(|b| *b == b'=') {
+        Some(i) => (&body[..i], Some(OsStr::from_bytes(&body[i + 1..]))),
+        None => (body, None),
+    };
+    // A name that is not UTF-8 is no flag anyone knows; keep it as unknown.
+    let name = std::str::from_utf8(name).unwrap_or("\u{fffd}");
+    Token::Flag { name, value }
+}
+
+/// Reads runc's command line (without argv0). Never fails: whatever it does
+/// not understand is left for the real runtime to judge.
+pub fn parse_args(args: &[OsString]) -> Invocation {
+    let mut inv = Invocation::default();
+    let mut i = 0;
+    while i < args.len() {
+        match classify(&args[i]) {
+            Token::EndOfFlags => {
+                i += 1;
+                break;
+            }
+            Token::Positional => break,
+            Token::Flag { name, value } => {
+                let value = if GLOBAL_VALUE_FLAGS.contains(&name) {
+                    value.or_else(|| {
+                        i += 1;
+                        args.get(i).map(OsString::as_os_str)
+                    })
+                } else if GLOBAL_BOOL_FLAGS.contains(&name) {
+                    None
+                } else {
+                    inv.unknown_flags.push(name.to_owned());
+                    // Guess: an unknown flag without `=` takes a value unless
+                    // a subcommand follows it.
+                    let next_is_command = args
+                        .get(i + 1)
+                        .and_then(|a| a.to_str())
+                        .is_some_and(|a| SUBCOMMANDS.contains(&a));
+                    if value.is_none() && !next_is_command {
+                        i += 1;
+                    }
+                    None
+                };
+                match name {
+                    "log" => inv.log = value.map(PathBuf::from),
+                    "log-format" => inv.log_format = value.map(|v| v.to_string_lossy().into()),
+                    _ => {}
+                }
+            }
+        }
+        i += 1;
+    }
+    let Some(command) = args.get(i) else {
+        return inv;
+    };
+    inv.command = Some(command.to_string_lossy().into_owned());
+    if inv.edits_bundle() {
+        parse_create_args(&args[i + 1..], &mut inv);
+    }
+    inv
+}
+
+/// Flags may come after positionals: runc's CLI library moves them to the
+/// front before parsing, up to a `--`.
+fn parse_create_args(args: &[OsString], inv: &mut Invocation) {
+    let mut positional: Vec<&OsString> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match classify(&args[i]) {
+            Token::EndOfFlags => {
+                positional.extend(&args[i + 1..]);
+                break;
+            }
+            Token::Positional => positional.push(&args[i]),
+            Token::Flag { name, value } => {
+                if CREATE_VALUE_FLAGS.contains(&name) {
+                    let value = value.or_else(|| {
+                        i += 1;
+                        args.get(i).map(OsString::as_os_str)
+                    });
+                    if matches!(name, "bundle" | "b") {
+                        inv.bundle = value.map(PathBuf::from);
+                    }
+                } else if !CREATE_BOOL_FLAGS.contains(&name) {
+                    inv.unknown_flags.push(name.to_owned());
+                }
+            }
+        }
+        i += 1;
+    }
+    inv.container_id = positional
+        .last()
+        .map(|id| id.to_string_lossy().into_owned());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+    use std::path::Path;
+
+    fn args(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
+    fn parse(s: &[&str]) -> Invocation {
+        parse_args(&args(s))
+    }
+
+    #[test]
+    fn containerd_shim_command_lines() {
+        // What containerd's runc shim sends for docker.
+        let inv = parse(&[
+            "--root",
+            "/run/containerd/runc/moby",
+            "--log",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc/log.json",
+            "--log-format",
+            "json",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc",
+            "--pid-file",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc/init.pid",
+            "abc",
+        ]);
+        assert_eq!(inv.command.as_deref(), Some("create"));
+        assert_eq!(
+            inv.bundle.as_deref(),
+            Some(Path::new(
+                "/run/containerd/io.containerd.runtime.v2.task/moby/abc"
+            ))
+        );
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(inv.log_format.as_deref(), Some("json"));
+        assert!(inv.log.unwrap().ends_with("abc/log.json"));
+        assert!(inv.unknown_flags.is_empty());
+    }
+
+    #[test]
+    fn bundle_flag_forms() {
+        for form in [
+            &["--bundle", "/b"][..],
+            &["--bundle=/b"],
+            &["-bundle", "/b"],
+            &["-bundle=/b"],
+            &["-b", "/b"],
+            &["-b=/b"],
+            &["--b", "/b"],
+            &["--b=/b"],
+        ] {
+            for command in ["create", "run"] {
+                let mut a = vec![command];
+                a.extend_from_slice(form);
+                a.push("id1");
+                let inv = parse(&a);
+                assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")), "{a:?}");
+                assert_eq!(inv.container_id.as_deref(), Some("id1"), "{a:?}");
+                assert_eq!(inv.config_path(), Path::new("/b/config.json"));
+                // Flags after the id work too: runc moves them to the front.
+                let mut after = vec![command, "id1"];
+                after.extend_from_slice(form);
+                let inv = parse(&after);
+                assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")), "{after:?}");
+                assert_eq!(inv.container_id.as_deref(), Some("id1"), "{after:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn default_bundle_is_the_working_directory() {
+        let inv = parse(&["run", "-d", "--console-socket", "/s", "c1"]);
+        assert_eq!(inv.bundle, None);
+        assert_eq!(inv.config_path(), Path::new("config.json"));
+        assert_eq!(inv.container_id.as_deref(), Some("c1"));
+        assert_eq!(
+            parse(&["create", "--bundle=", "c1"]).config_path(),
+            Path::new("config.json")
+        );
+    }
+
+    #[test]
+    fn global_flags_with_and_without_values() {
+        let inv = parse(&[
+            "--debug",
+            "--log=/l",
+            "--log-format",
+            "text",
+            "-root",
+            "/r",
+            "--criu",
+            "create",
+            "--rootless=false",
+            "--systemd-cgroup",
+            "run",
+            "-b",
+            "/b",
+            "x",
+        ]);
+        // `--criu create` is criu's value, not the subcommand.
+        assert_eq!(inv.command.as_deref(), Some("run"));
+        assert_eq!(inv.log.as_deref(), Some(Path::new("/l")));
+        assert_eq!(inv.log_format.as_deref(), Some("text"));
+        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")));
+        assert!(inv.unknown_flags.is_empty());
+
+        // crun's global flags.
+        let inv = parse(&[
+            "--cgroup-manager",
+            "systemd",
+            "--log-level=debug",
+            "create",
+            "c",
+        ]);
+        assert_eq!(inv.command.as_deref(), Some("create"));
+        assert!(inv.unknown_flags.is_empty());
+    }
+
+    #[test]
+    fn values_that_look_like_flags_or_commands() {
+        // A value flag takes the next word whatever it looks like, as Go's does.
+        let inv = parse(&["--root", "run", "create", "--pid-file", "--bundle", "c"]);
+        assert_eq!(inv.command.as_deref(), Some("create"));
+        assert_eq!(inv.bundle, None);
+        assert_eq!(inv.container_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn double_dash() {
+        // After `--` everything is positional; the id is the last one.
+        let inv = parse(&["create", "-b", "/b", "--", "--bundle"]);
+        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")));
+        assert_eq!(inv.container_id.as_deref(), Some("--bundle"));
+        // A global `--` ends global flags; the next word is the subcommand.
+        let inv = parse(&["--debug", "--", "run", "c"]);
+        assert_eq!(inv.command.as_deref(), Some("run"));
+        assert_eq!(inv.container_id.as_deref(), Some("c"));
+        let inv = parse(&["--", "--debug"]);
+        assert_eq!(inv.command.as_deref(), Some("--debug"));
+        assert!(!inv.edits_bundle());
+    }
+
+    #[test]
+    fn other_subcommands_pass_through() {
+        for a in [
+            &["start", "c"][..],
+            &["--root", "/r", "delete", "--force", "c"],
+            &["state", "c"],
+            &["kill", "c", "9"],
+            &["exec", "--process", "/p.json", "-d", "c"],
+            &["features"],
+            &["--version"],
+            &["restore", "--bundle", "/b", "c"],
+            &["frobnicate", "--bundle", "/b", "c"],
+            &[],
+        ] {
+            let inv = parse(a);
+            assert!(!inv.edits_bundle(), "{a:?}");
+            assert_eq!(inv.bundle, None, "{a:?}");
+        }
+        assert_eq!(parse(&[]).command, None);
+    }
+
+    #[test]
+    fn unknown_flags_are_noted() {
+        let inv = parse(&["--frob", "create", "c"]);
+        assert_eq!(inv.command.as_deref(), Some("create"));
+        assert_eq!(inv.unknown_flags, vec!["frob"]);
+        let inv = parse(&["--frob", "v", "create", "c"]);
+        assert_eq!(inv.command.as_deref(), Some("create"));
+        let inv = parse(&["create", "--config", "/x.json", "-b", "/b", "c"]);
+        assert_eq!(inv.unknown_flags, vec!["config"]);
+        assert!(parse(&[
+            "create",
+            "--no-pivot",
+            "--keep",
+            "-d",
+            "--preserve-fds=2",
+            "c"
+        ])
+        .unknown_flags
+        .is_empty());
+    }
+
+    #[test]
+    fn non_utf8_arguments() {
+        let bundle = OsString::from_vec(b"/b\xff".to_vec());
+        let inv = parse_args(&[
+            OsString::from("create"),
+            OsString::from("-b"),
+            bundle.clone(),
+            OsString::from("c"),
+        ]);
+        assert_eq!(inv.bundle.as_deref(), Some(Path::new(&bundle)));
+    }
+}
