@@ -8,9 +8,12 @@
 //! (`tpm2-selftest`, `devcgroup`).
 
 pub mod core;
-pub mod file_id;
+pub mod files;
 pub mod frontend;
 pub mod log;
 pub mod oci;
 pub mod privileged;
 pub mod text;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

@@ -1,4 +1,5 @@
-//! Where events go: journald when the host has it, else stderr, or a file.
+//! Where events go: journald when the host has it, else stderr, or a file;
+//! and the events every front-end reports, with the same fields.
 //!
 //! Errors that fail a container are *also* printed to stderr by the
 //! front-ends, because that is what podman, docker and kubelet show the user;
@@ -13,7 +14,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
+use crate::core::decision::Refusal;
+use crate::core::grant::Grant;
 use crate::core::policy::{LogPolicy, LogTarget};
+use crate::core::subject::Subject;
+use crate::text::untrusted;
 
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -73,6 +78,26 @@ pub fn init(policy: &LogPolicy, syslog_identifier: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// As [`init`], except that events that would go to stderr are dropped:
+/// for the docker runtime wrapper, whose stderr during `create` can be the
+/// container's own output stream (its messages reach the runtime's log).
+pub fn init_unless_stderr(policy: &LogPolicy, syslog_identifier: &str) -> anyhow::Result<()> {
+    let to_stderr = match policy.target {
+        LogTarget::Stderr => true,
+        LogTarget::Auto => !Path::new(JOURNALD_SOCKET).exists(),
+        LogTarget::Journald | LogTarget::File => false,
+    };
+    if to_stderr {
+        return Ok(());
+    }
+    init(policy, syslog_identifier)
+}
+
+/// Whether events go somewhere other than stderr (journald, a file).
+pub fn goes_elsewhere() -> bool {
+    LOGS_ELSEWHERE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn stderr_layer<S>() -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -82,4 +107,70 @@ where
         .with_target(false)
         .without_time()
         .with_writer(std::io::stderr)
+}
+
+/// The fields every front-end's events carry about a container, escaped.
+struct Named {
+    container_id: String,
+    pod_namespace: String,
+    pod: String,
+    container: String,
+}
+
+fn named(subject: &Subject) -> Named {
+    let r = subject.requester();
+    let shown = |v: Option<String>| v.map(|s| untrusted(&s).into_owned()).unwrap_or_default();
+    Named {
+        container_id: subject.id_for_log(),
+        pod_namespace: shown(r.pod_namespace),
+        pod: shown(r.pod_name),
+        container: shown(r.container_name),
+    }
+}
+
+/// A spec-editing front-end (docker wrapper, NRI plugin) put `grant` into
+/// the container's spec; `details` says what it added.
+pub fn granted(front_end: &str, subject: &Subject, grant: &Grant, details: &str) {
+    let n = named(subject);
+    tracing::info!(
+        front_end,
+        container_id = %n.container_id,
+        pod_namespace = %n.pod_namespace,
+        pod = %n.pod,
+        container = %n.container,
+        device = %grant.container_path.display(),
+        major_minor = %format!("{}:{}", grant.device.major, grant.device.minor),
+        details,
+        "{}: TPM {} granted in the spec",
+        subject.describe(),
+        grant.device.name,
+    );
+}
+
+/// A refusal that fails the container.
+pub fn refused(front_end: &str, subject: &Subject, refusal: &Refusal) {
+    let n = named(subject);
+    tracing::error!(
+        front_end,
+        container_id = %n.container_id,
+        pod_namespace = %n.pod_namespace,
+        pod = %n.pod,
+        container = %n.container,
+        "{}",
+        refusal.message()
+    );
+}
+
+/// A refusal with `required=false`: the container starts without a TPM.
+pub fn started_without(front_end: &str, subject: &Subject, refusal: &Refusal) {
+    let n = named(subject);
+    tracing::warn!(
+        front_end,
+        container_id = %n.container_id,
+        pod_namespace = %n.pod_namespace,
+        pod = %n.pod,
+        container = %n.container,
+        "{}",
+        refusal.warning()
+    );
 }

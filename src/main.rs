@@ -75,22 +75,29 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
         &HostRoots::default(),
     ) {
         Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,
-        Ok(HookResult::SkippedOptional(msg)) => {
-            // Already in the log as a warning (hook::skip_optional).
-            eprintln!("oci-tpm-hook: warning: {msg}; the container starts without a TPM (oci-tpm-hook/required=false)");
+        Ok(HookResult::StartedWithout(warning)) => {
+            // In the log already; said once more on stderr unless that is
+            // where the log went.
+            if oci_tpm_hook::log::goes_elsewhere() {
+                eprintln!("oci-tpm-hook: warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
+        Ok(HookResult::Refused(message)) => refuse(&message),
         Err(e) => {
-            // runc shows this to the user (podman, docker, kubelet); crun
-            // discards it, so it also goes through crun itself and to the
-            // host's log.
             let message = format!("{e:#}");
-            eprintln!("oci-tpm-hook: {message}");
-            oci_tpm_hook::frontend::runtime_report::report_through_runtime(&message);
             oci_tpm_hook::log::error_also_to_log(&message);
-            ExitCode::FAILURE
+            refuse(&message)
         }
     }
+}
+
+/// runc shows a failing hook's stderr to the user (podman, docker, the
+/// kubelet); crun discards it, so the reason also goes through crun itself.
+fn refuse(message: &str) -> ExitCode {
+    eprintln!("oci-tpm-hook: {message}");
+    oci_tpm_hook::frontend::runtime_report::report_through_runtime(message);
+    ExitCode::FAILURE
 }
 
 fn nri_main(args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {

@@ -16,9 +16,8 @@ use oci_tpm_hook::frontend::nri::plugin::TpmPlugin;
 use oci_tpm_hook::frontend::nri::stub::{Ended, Registration, Session, State};
 use oci_tpm_hook::frontend::nri::ttrpc::{self, Decoder, Request, Response};
 
-#[path = "support/fake_host.rs"]
-mod fake_host;
-use fake_host::fake_host;
+use oci_tpm_hook::testing::FakeHost;
+use std::os::unix::fs::PermissionsExt;
 
 /// The runtime's end of the connection.
 struct FakeRuntime {
@@ -190,20 +189,20 @@ impl FakeRuntime {
 }
 
 struct Host {
-    _dir: tempfile::TempDir,
+    _host: FakeHost,
     plugin: TpmPlugin,
 }
 
 fn host() -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let roots = fake_host(dir.path(), 102);
-    let hook = dir.path().join("hook");
+    let host = FakeHost::with_tpm();
+    let hook = host.dir().join("hook");
     fs::write(&hook, "").unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
     let mut p = Policy::default();
     p.hook.path = hook;
     Host {
-        plugin: TpmPlugin::new(p, policy::DEFAULT_PATH.into(), roots, true),
-        _dir: dir,
+        plugin: TpmPlugin::new(p, policy::DEFAULT_PATH.into(), host.roots.clone(), true),
+        _host: host,
     }
 }
 

@@ -12,13 +12,13 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::thread;
 
-use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::core::policy::{self, Policy};
 use oci_tpm_hook::frontend::nri::api::{self, Message};
 use oci_tpm_hook::frontend::nri::mux::Demux;
 use oci_tpm_hook::frontend::nri::plugin::TpmPlugin;
 use oci_tpm_hook::frontend::nri::stub::{Ended, Registration, Session, State};
 use oci_tpm_hook::frontend::nri::ttrpc::{self, Decoder, Request, Response};
+use oci_tpm_hook::testing::FakeHost;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/nri/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -146,21 +146,11 @@ fn plugin_answers_decode() {
 
 /// A host like the lab guest's, except that /dev/null (1:3) stands in for
 /// the TPM node (tests cannot make device nodes).
-fn lab_like_host(dir: &std::path::Path) -> TpmPlugin {
-    let roots = HostRoots {
-        dev: dir.join("dev"),
-        sys: dir.join("sys"),
-        group_file: dir.join("group"),
-    };
-    fs::create_dir_all(roots.sys.join("class/tpmrm/tpmrm0")).unwrap();
-    fs::write(roots.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
-    fs::create_dir_all(&roots.dev).unwrap();
-    std::os::unix::fs::symlink("/dev/null", roots.dev.join("tpmrm0")).unwrap();
-    fs::write(&roots.group_file, "tss:x:102:\n").unwrap();
+fn lab_like_host(host: &FakeHost) -> TpmPlugin {
     let mut p = Policy::default();
     // The lab's hook path: the recorded container already has this hook.
     p.hook.path = "/lab/bin/oci-tpm-hook".into();
-    TpmPlugin::new(p, policy::DEFAULT_PATH.into(), roots, true)
+    TpmPlugin::new(p, policy::DEFAULT_PATH.into(), host.roots.clone(), true)
 }
 
 #[test]
@@ -176,8 +166,8 @@ fn replaying_a_reconnect_gives_the_recorded_answers() {
         runtime_end.read_to_end(&mut out).unwrap();
         out
     });
-    let dir = tempfile::tempdir().unwrap();
-    let mut plugin = lab_like_host(dir.path());
+    let host = FakeHost::with_tpm();
+    let mut plugin = lab_like_host(&host);
     let mut session = Session::start(
         plugin_end,
         Registration {

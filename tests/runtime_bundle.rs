@@ -12,29 +12,32 @@ use oci_tpm_hook::oci::runtime_cli::parse_args;
 use oci_tpm_hook::oci::runtime_log::RuntimeLog;
 use serde_json::Value;
 
-#[path = "support/fake_host.rs"]
-mod fake_host;
-use fake_host::fake_host;
+use oci_tpm_hook::testing::FakeHost;
 
 struct Host {
-    dir: tempfile::TempDir,
+    host: FakeHost,
     roots: HostRoots,
     policy: Policy,
 }
 
 fn host() -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let roots = fake_host(dir.path(), 974);
-    let hook = dir.path().join("oci-tpm-hook");
+    let host = FakeHost::new(974);
+    host.add_tpm(0, "1:3", "2");
+    let roots = host.roots.clone();
+    let hook = host.dir().join("oci-tpm-hook");
     fs::write(&hook, "#!/bin/sh\n").unwrap();
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
     let mut policy = Policy::default();
     policy.hook.path = hook;
-    Host { dir, roots, policy }
+    Host {
+        host,
+        roots,
+        policy,
+    }
 }
 
 fn bundle(h: &Host, annotations: &str) -> PathBuf {
-    let b = h.dir.path().join("bundle");
+    let b = h.host.dir().join("bundle");
     fs::create_dir_all(&b).unwrap();
     fs::write(
         b.join("config.json"),
@@ -129,7 +132,7 @@ fn refusals_leave_the_file_alone() {
 #[test]
 fn missing_hook_binary_is_an_error_before_any_edit() {
     let mut h = host();
-    h.policy.hook.path = h.dir.path().join("missing-hook");
+    h.policy.hook.path = h.host.dir().join("missing-hook");
     let b = bundle(&h, r#"{"oci-tpm-hook/device":"tpmrm0"}"#);
     let bs = b.display().to_string();
     let before = fs::read(b.join("config.json")).unwrap();

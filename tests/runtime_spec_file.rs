@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use oci_tpm_hook::core::grant::Grant;
-use oci_tpm_hook::core::grant::HookEntry;
+use oci_tpm_hook::core::hook_entry::HookEntry;
 use oci_tpm_hook::core::host::HostTpm;
 use oci_tpm_hook::oci::spec_edit::SpecFile;
 use serde_json::Value;
@@ -36,7 +36,11 @@ fn grant() -> Grant {
 }
 
 fn hook() -> HookEntry {
-    HookEntry::for_grant(Path::new("/usr/bin/oci-tpm-hook"), &grant(), vec![])
+    HookEntry::unchecked(
+        Path::new("/usr/bin/oci-tpm-hook"),
+        Path::new(oci_tpm_hook::core::policy::DEFAULT_PATH),
+        &grant(),
+    )
 }
 
 fn write_config(dir: &Path, text: &str, mode: u32) -> std::path::PathBuf {

@@ -5,88 +5,21 @@
 //! (a node made by the hook, a spec edit, an NRI adjustment).
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::anyhow;
+
+use crate::core::decision::{Decision, Refusal};
 use crate::core::host::{container_path, HostRoots, HostTpm};
-use crate::core::identity::{Engine, ProcessIdentity};
-use crate::core::policy::{self, NodeAccess, Policy};
-use crate::core::request::{self, Requester, TpmRequest};
-use crate::text::untrusted;
+use crate::core::identity::ProcessIdentity;
+use crate::core::policy::{NodeAccess, Policy};
+use crate::core::request::{self, DeviceSelector, TpmRequest};
+use crate::core::subject::Subject;
 use tpm2_selftest::SelfTestLevel;
 
 /// The node's mode: the owner (root) and the group may read and write.
 pub const NODE_MODE: u32 = 0o660;
-
-/// A container as the front-ends see it.
-#[derive(Debug, Clone, Default)]
-pub struct Subject {
-    /// The runtime's container id.
-    pub id: String,
-    pub annotations: BTreeMap<String, String>,
-    /// When the front-end knows the Kubernetes container name better than
-    /// the annotations (NRI).
-    pub container_name: Option<String>,
-    /// When the front-end knows the pod namespace better than the annotations.
-    pub pod_namespace: Option<String>,
-}
-
-impl Subject {
-    pub fn requester(&self) -> Requester {
-        let mut r = Requester::from_annotations(&self.annotations);
-        if self.container_name.is_some() {
-            r.container_name.clone_from(&self.container_name);
-        }
-        if self.pod_namespace.is_some() {
-            r.pod_namespace.clone_from(&self.pod_namespace);
-        }
-        r
-    }
-
-    /// "container 3f2a… (pod attest/licence, container app)": how every
-    /// message names the container. Names come from whoever started the
-    /// container, so they are shown escaped.
-    pub fn describe(&self) -> String {
-        let r = self.requester();
-        // Engines show 64-hex-digit ids by their first 12 digits; other ids
-        // (runc's, CRI's names) are shown whole.
-        let short = if self.id.len() == 64 && self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            untrusted(&self.id[..12])
-        } else {
-            untrusted(&self.id)
-        };
-        let esc = |v: &Option<String>| v.as_deref().map(|s| untrusted(s).into_owned());
-        let (ns, pod, c) = (
-            esc(&r.pod_namespace),
-            esc(&r.pod_name),
-            esc(&r.container_name),
-        );
-        match (&ns, &pod, &c) {
-            (Some(ns), Some(pod), Some(c)) => {
-                format!("container {short} (pod {ns}/{pod}, container {c})")
-            }
-            (Some(ns), _, Some(c)) => format!("container {short} (namespace {ns}, container {c})"),
-            (_, _, Some(c)) => format!("container {short} ({c})"),
-            _ => format!("container {short}"),
-        }
-    }
-
-    /// The container id, escaped for logs.
-    pub fn id_for_log(&self) -> String {
-        untrusted(&self.id).into_owned()
-    }
-
-    /// Who starts the container, as far as the fix for a refusal goes.
-    pub fn engine(&self) -> Engine {
-        let r = self.requester();
-        if r.pod_namespace.is_some() || r.pod_name.is_some() {
-            Engine::Kubernetes
-        } else {
-            Engine::Cli
-        }
-    }
-}
 
 /// Everything a container gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,87 +83,22 @@ impl Grant {
     }
 }
 
-/// Head room the hook gets above the self-test's own deadline, for host
-/// validation and joining the container before the test starts.
-const HOOK_TIMEOUT_MARGIN_SECS: u64 = 5;
-
-/// The createRuntime hook entry a spec-editing front-end (docker wrapper,
-/// NRI plugin) adds, so that the hook validates the device and runs the
-/// self-test inside the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookEntry {
-    pub path: PathBuf,
-    pub args: Vec<String>,
-    /// `KEY=VALUE` pairs; runtimes give hooks this environment and nothing else.
-    pub env: Vec<String>,
-    /// Seconds the runtime waits for the hook before killing it.
-    pub timeout: Option<u64>,
-}
-
-impl HookEntry {
-    /// The entry for `oci-tpm-hook` in hook mode (argv0 only, no subcommand),
-    /// with a timeout a little above the grant's self-test deadline.
-    pub fn for_grant(hook_path: &Path, grant: &Grant, env: Vec<String>) -> Self {
-        let test_secs = grant.timeout.as_millis().div_ceil(1000) as u64;
-        Self {
-            path: hook_path.to_path_buf(),
-            args: vec!["oci-tpm-hook".into()],
-            env,
-            timeout: Some(test_secs + HOOK_TIMEOUT_MARGIN_SECS),
-        }
-    }
-
-    /// The hook's environment when the front-end judged by `policy_file`:
-    /// hand a non-default policy on, so that both judge by the same rules.
-    pub fn policy_env(policy_file: &Path) -> Vec<String> {
-        if policy_file == Path::new(policy::DEFAULT_PATH) {
-            Vec::new()
-        } else {
-            vec![format!("{}={}", policy::PATH_ENV, policy_file.display())]
-        }
-    }
-}
-
-/// Why a container cannot get what it asked for.
-#[derive(Debug)]
-pub struct Refusal {
-    /// Whether the container must fail (`oci-tpm-hook/required`); malformed
-    /// requests always fail.
-    pub required: bool,
-    pub error: anyhow::Error,
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.error)
-    }
-}
-
-impl std::error::Error for Refusal {}
-
-/// Request → policy → host: `Ok(None)` when the container asks for nothing.
-pub fn decide(
-    subject: &Subject,
-    policy: &Policy,
-    host: &HostRoots,
-) -> Result<Option<Grant>, Refusal> {
+/// Request → policy → host: what to do with the container.
+pub fn decide(subject: &Subject, policy: &Policy, host: &HostRoots) -> Decision {
     let who = subject.describe();
-    let request =
-        request::parse(&subject.annotations, subject.container_name.as_deref()).map_err(|e| {
-            Refusal {
-                required: true,
-                error: anyhow::anyhow!("{who}: {e}"),
-            }
-        })?;
-    let Some(request) = request else {
-        return Ok(None);
+    let request = match request::parse(&subject.annotations, subject.container_name.as_deref()) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Decision::NotRequested,
+        // A malformed request always fails: nobody meant it.
+        Err(e) => return Decision::Refuse(Refusal::new(true, anyhow!("{who}: {e}"))),
     };
-    grant_for(subject, &request, policy, host)
-        .map(Some)
-        .map_err(|error| Refusal {
-            required: request.required,
-            error: error.context(format!("{who}: cannot give it TPM {}", request.device)),
-        })
+    match grant_for(subject, &request, policy, host) {
+        Ok(grant) => Decision::Grant(Box::new(grant)),
+        Err(error) => Decision::Refuse(Refusal::new(
+            request.required,
+            error.context(format!("{who}: cannot give it TPM {}", request.device)),
+        )),
+    }
 }
 
 fn grant_for(
@@ -242,7 +110,14 @@ fn grant_for(
     policy
         .admit(&subject.requester())
         .map_err(anyhow::Error::msg)?;
-    let device = host.find_tpm(&request.device, policy)?;
+    let name = match &request.device {
+        DeviceSelector::Named(name) => {
+            policy.check_device(name)?;
+            name.clone()
+        }
+        DeviceSelector::Auto => policy.first_allowed(&host.resource_managers()?)?.to_owned(),
+    };
+    let device = host.validate(&name)?;
     let group = host.group(&policy.node.group)?;
     Ok(Grant {
         container_path: container_path(&device.name),
@@ -257,25 +132,25 @@ fn grant_for(
     })
 }
 
+/// A grant of `tpmrm0` (1:3) with group 102, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn decide_for_tests() -> Grant {
+    let host = crate::testing::FakeHost::with_tpm();
+    let subject = Subject {
+        id: "c0ffee".into(),
+        annotations: [("oci-tpm-hook/device".to_string(), "tpmrm0".to_string())].into(),
+        ..Default::default()
+    };
+    match decide(&subject, &Policy::default(), &host.roots) {
+        Decision::Grant(g) => *g,
+        other => panic!("no grant: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-
-    fn host() -> (tempfile::TempDir, HostRoots) {
-        let dir = tempfile::tempdir().unwrap();
-        let roots = HostRoots {
-            dev: dir.path().join("dev"),
-            sys: dir.path().join("sys"),
-            group_file: dir.path().join("group"),
-        };
-        fs::create_dir_all(roots.sys.join("class/tpmrm/tpmrm0")).unwrap();
-        fs::write(roots.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
-        fs::create_dir_all(&roots.dev).unwrap();
-        std::os::unix::fs::symlink("/dev/null", roots.dev.join("tpmrm0")).unwrap();
-        fs::write(&roots.group_file, "tss:x:109:\n").unwrap();
-        (dir, roots)
-    }
+    use crate::testing::FakeHost;
 
     fn subject(pairs: &[(&str, &str)]) -> Subject {
         Subject {
@@ -288,37 +163,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hook_entry_passes_a_non_default_policy_on() {
-        assert!(HookEntry::policy_env(Path::new(policy::DEFAULT_PATH)).is_empty());
-        assert_eq!(
-            HookEntry::policy_env(Path::new("/etc/x.toml")),
-            ["OCI_TPM_HOOK_CONFIG=/etc/x.toml"]
-        );
+    fn refusal(d: Decision) -> (bool, String) {
+        match d {
+            Decision::Refuse(r) => (r.fails_container(), r.message()),
+            other => panic!("not a refusal: {other:?}"),
+        }
     }
 
     #[test]
     fn no_request_no_grant() {
-        let (_d, h) = host();
-        assert!(decide(&subject(&[]), &Policy::default(), &h)
-            .unwrap()
-            .is_none());
+        let host = FakeHost::with_tpm();
+        assert!(matches!(
+            decide(&subject(&[]), &Policy::default(), &host.roots),
+            Decision::NotRequested
+        ));
     }
 
     #[test]
     fn full_grant() {
-        let (_d, h) = host();
-        let g = decide(
-            &subject(&[("oci-tpm-hook/device", "tpmrm0")]),
-            &Policy::default(),
-            &h,
-        )
-        .unwrap()
-        .unwrap();
+        let g = decide_for_tests();
         assert_eq!(g.container_path, PathBuf::from("/dev/tpmrm0"));
         assert_eq!(
             (g.device.major, g.device.minor, g.gid, g.mode),
-            (1, 3, 109, 0o660)
+            (1, 3, 102, 0o660)
         );
         assert_eq!(g.cgroup_rule(), "c 1:3 rw");
         assert_eq!(
@@ -331,45 +198,68 @@ mod tests {
         let back = request::parse(&g.request_annotations(), None)
             .unwrap()
             .unwrap();
-        assert_eq!(back.device, request::DeviceSelector::Named("tpmrm0".into()));
+        assert_eq!(back.device, DeviceSelector::Named("tpmrm0".into()));
         assert_eq!(back.self_test, Some(SelfTestLevel::Quick));
         assert!(back.required);
     }
 
     #[test]
+    fn auto_takes_the_first_device_the_policy_allows() {
+        let host = FakeHost::new(102);
+        host.add_tpm(2, "1:3", "2");
+        host.add_tpm(10, "1:3", "2");
+        let auto = subject(&[("oci-tpm-hook/device", "auto")]);
+        let Decision::Grant(g) = decide(&auto, &Policy::default(), &host.roots) else {
+            panic!("no grant");
+        };
+        assert_eq!(g.device.name, "tpmrm2");
+        let mut only10 = Policy::default();
+        only10.devices.allow = vec!["tpmrm1*".into()];
+        let Decision::Grant(g) = decide(&auto, &only10, &host.roots) else {
+            panic!("no grant");
+        };
+        assert_eq!(g.device.name, "tpmrm10");
+        let (required, msg) = refusal(decide(&auto, &Policy::default(), &FakeHost::new(5).roots));
+        assert!(required && msg.contains("no TPM 2.0"), "{msg}");
+    }
+
+    #[test]
     fn refusals_carry_required_and_name_the_container() {
-        let (_d, h) = host();
-        let r = decide(
+        let host = FakeHost::with_tpm();
+        let (required, msg) = refusal(decide(
             &subject(&[
                 ("oci-tpm-hook/device", "tpmrm7"),
                 ("oci-tpm-hook/required", "false"),
             ]),
             &Policy::default(),
-            &h,
-        )
-        .unwrap_err();
-        assert!(!r.required);
-        let msg = r.to_string();
+            &host.roots,
+        ));
+        assert!(!required);
         assert!(
             msg.contains("container 0123456789ab") && msg.contains("tpmrm7"),
             "{msg}"
         );
-
-        let bad = decide(
+        let (required, _) = refusal(decide(
             &subject(&[
                 ("oci-tpm-hook/device", "tpmrm0"),
                 ("oci-tpm-hook/self-test", "x"),
+                ("oci-tpm-hook/required", "false"),
             ]),
             &Policy::default(),
-            &h,
-        )
-        .unwrap_err();
-        assert!(bad.required, "a malformed request always fails");
+            &host.roots,
+        ));
+        assert!(required, "a malformed request always fails");
+        let (_, msg) = refusal(decide(
+            &subject(&[("oci-tpm-hook/device", "tpm0")]),
+            &Policy::default(),
+            &host.roots,
+        ));
+        assert!(msg.contains("exclusive"), "{msg}");
     }
 
     #[test]
     fn namespace_policy_applies() {
-        let (_d, h) = host();
+        let host = FakeHost::with_tpm();
         let mut p = Policy::default();
         p.kubernetes.namespaces = vec!["attest".into()];
         let mut s = subject(&[
@@ -378,12 +268,12 @@ mod tests {
             ("io.kubernetes.pod.name", "web"),
             ("io.kubernetes.container.name", "app"),
         ]);
-        let msg = decide(&s, &p, &h).unwrap_err().to_string();
+        let (_, msg) = refusal(decide(&s, &p, &host.roots));
         assert!(
             msg.contains("pod default/web, container app") && msg.contains("namespace"),
             "{msg}"
         );
         s.pod_namespace = Some("attest".into());
-        assert!(decide(&s, &p, &h).unwrap().is_some());
+        assert!(matches!(decide(&s, &p, &host.roots), Decision::Grant(_)));
     }
 }

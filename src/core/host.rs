@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::core::policy::{GroupSpec, Policy};
-use crate::core::request::{is_tpm_device_name, DeviceSelector};
+use crate::core::policy::GroupSpec;
+use crate::core::request::is_tpm_device_name;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRoots {
@@ -47,22 +47,9 @@ pub struct HostGroup {
 }
 
 impl HostRoots {
-    /// Picks the device the selector names (or the first allowed TPM 2.0
-    /// resource manager for `auto`), checks policy and validates it.
-    pub fn find_tpm(&self, selector: &DeviceSelector, policy: &Policy) -> anyhow::Result<HostTpm> {
-        let name = match selector {
-            DeviceSelector::Named(name) => {
-                if !policy.device_allowed(name) {
-                    bail!("{}", refusal(name, policy));
-                }
-                name.clone()
-            }
-            DeviceSelector::Auto => self.first_allowed_rm(policy)?,
-        };
-        self.validate(&name)
-    }
-
-    fn first_allowed_rm(&self, policy: &Policy) -> anyhow::Result<String> {
+    /// The host's TPM 2.0 resource managers (`tpmrmN`), lowest number first;
+    /// an error when there is none.
+    pub fn resource_managers(&self) -> anyhow::Result<Vec<String>> {
         let class = self.sys.join("class/tpmrm");
         let mut names: Vec<(u32, String)> = match std::fs::read_dir(&class) {
             Ok(entries) => entries
@@ -79,16 +66,7 @@ impl HostRoots {
                 class.display()
             );
         }
-        names
-            .into_iter()
-            .map(|(_, n)| n)
-            .find(|n| policy.device_allowed(n))
-            .ok_or_else(|| {
-                anyhow!(
-                    "no TPM device on this host is allowed by policy [devices] allow = {:?}",
-                    policy.devices.allow
-                )
-            })
+        Ok(names.into_iter().map(|(_, n)| n).collect())
     }
 
     /// Checks that /dev/<name> is the character device the kernel's TPM
@@ -188,21 +166,6 @@ impl HostRoots {
     }
 }
 
-fn refusal(name: &str, policy: &Policy) -> String {
-    let why = if name.starts_with("tpmrm") {
-        String::new()
-    } else {
-        format!(
-            "; /dev/{name} is exclusive (one opener at a time, so the host and other containers would lose the TPM): ask for tpmrm{} instead, or allow it explicitly",
-            &name[3..]
-        )
-    };
-    format!(
-        "device {name} is not allowed by policy [devices] allow = {:?}{why}",
-        policy.devices.allow
-    )
-}
-
 /// Parses the kernel's `MAJOR:MINOR` text.
 pub fn parse_major_minor(text: &str) -> anyhow::Result<(u32, u32)> {
     let (maj, min) = text
@@ -234,117 +197,69 @@ pub fn container_path(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FakeHost;
     use std::fs;
-
-    /// A fake host whose TPM nodes are symlinks to /dev/null (1:3): a real
-    /// character device any user can stat.
-    fn fake_host() -> (tempfile::TempDir, HostRoots) {
-        let dir = tempfile::tempdir().unwrap();
-        let roots = HostRoots {
-            dev: dir.path().join("dev"),
-            sys: dir.path().join("sys"),
-            group_file: dir.path().join("group"),
-        };
-        fs::create_dir_all(&roots.dev).unwrap();
-        fs::write(&roots.group_file, "root:x:0:\ntss:x:113:\nvideo:x:44:a,b\n").unwrap();
-        (dir, roots)
-    }
-
-    fn add_tpm(roots: &HostRoots, index: u32, rm_dev: &str, version: &str) {
-        let rm = roots.sys.join(format!("class/tpmrm/tpmrm{index}"));
-        fs::create_dir_all(&rm).unwrap();
-        fs::write(rm.join("dev"), format!("{rm_dev}\n")).unwrap();
-        let chip = roots.sys.join(format!("class/tpm/tpm{index}"));
-        fs::create_dir_all(&chip).unwrap();
-        fs::write(chip.join("dev"), "10:224\n").unwrap();
-        fs::write(chip.join("tpm_version_major"), format!("{version}\n")).unwrap();
-        std::os::unix::fs::symlink("/dev/null", roots.dev.join(format!("tpmrm{index}"))).unwrap();
-    }
 
     #[test]
     fn validates_a_matching_device() {
-        let (_d, roots) = fake_host();
-        add_tpm(&roots, 0, "1:3", "2");
-        let tpm = roots.validate("tpmrm0").unwrap();
+        let host = FakeHost::with_tpm();
+        let tpm = host.roots.validate("tpmrm0").unwrap();
         assert_eq!((tpm.major, tpm.minor), (1, 3));
-        assert_eq!(tpm.path, roots.dev.join("tpmrm0"));
+        assert_eq!(tpm.path, host.roots.dev.join("tpmrm0"));
     }
 
     #[test]
     fn refuses_numbers_that_do_not_match_sysfs() {
-        let (_d, roots) = fake_host();
-        add_tpm(&roots, 0, "253:65536", "2");
-        let err = format!("{:#}", roots.validate("tpmrm0").unwrap_err());
+        let host = FakeHost::new(102);
+        host.add_tpm(0, "253:65536", "2");
+        let err = format!("{:#}", host.roots.validate("tpmrm0").unwrap_err());
         assert!(err.contains("1:3") && err.contains("253:65536"), "{err}");
     }
 
     #[test]
     fn refuses_tpm_1_2() {
-        let (_d, roots) = fake_host();
-        add_tpm(&roots, 0, "1:3", "1");
-        let err = roots.validate("tpmrm0").unwrap_err().to_string();
+        let host = FakeHost::new(102);
+        host.add_tpm(0, "1:3", "1");
+        let err = host.roots.validate("tpmrm0").unwrap_err().to_string();
         assert!(err.contains("only TPM 2.0"), "{err}");
     }
 
     #[test]
     fn refuses_regular_file_and_missing_node() {
-        let (_d, roots) = fake_host();
-        add_tpm(&roots, 0, "1:3", "2");
-        fs::remove_file(roots.dev.join("tpmrm0")).unwrap();
-        let err = format!("{:#}", roots.validate("tpmrm0").unwrap_err());
+        let host = FakeHost::with_tpm();
+        let node = host.roots.dev.join("tpmrm0");
+        fs::remove_file(&node).unwrap();
+        let err = format!("{:#}", host.roots.validate("tpmrm0").unwrap_err());
         assert!(err.contains("missing"), "{err}");
-        fs::write(roots.dev.join("tpmrm0"), "").unwrap();
-        let err = roots.validate("tpmrm0").unwrap_err().to_string();
+        fs::write(&node, "").unwrap();
+        let err = host.roots.validate("tpmrm0").unwrap_err().to_string();
         assert!(err.contains("not a character device"), "{err}");
     }
 
     #[test]
     fn missing_device_names_itself_and_the_fix() {
-        let (_d, roots) = fake_host();
-        let err = roots.validate("tpmrm7").unwrap_err().to_string();
+        let host = FakeHost::new(102);
+        let err = host.roots.validate("tpmrm7").unwrap_err().to_string();
         assert!(err.contains("tpmrm7") && err.contains("auto"), "{err}");
     }
 
     #[test]
-    fn auto_picks_lowest_allowed_rm() {
-        let (_d, roots) = fake_host();
-        add_tpm(&roots, 10, "1:3", "2");
-        add_tpm(&roots, 2, "1:3", "2");
-        let tpm = roots
-            .find_tpm(&DeviceSelector::Auto, &Policy::default())
-            .unwrap();
-        assert_eq!(tpm.name, "tpmrm2");
-        let mut only10 = Policy::default();
-        only10.devices.allow = vec!["tpmrm1*".into()];
+    fn resource_managers_in_numeric_order() {
+        let host = FakeHost::new(102);
+        let err = host.roots.resource_managers().unwrap_err().to_string();
+        assert!(err.contains("no TPM 2.0"), "{err}");
+        host.add_tpm(10, "1:3", "2");
+        host.add_tpm(2, "1:3", "2");
         assert_eq!(
-            roots.find_tpm(&DeviceSelector::Auto, &only10).unwrap().name,
-            "tpmrm10"
+            host.roots.resource_managers().unwrap(),
+            ["tpmrm2", "tpmrm10"]
         );
     }
 
     #[test]
-    fn auto_without_tpm() {
-        let (_d, roots) = fake_host();
-        let err = roots
-            .find_tpm(&DeviceSelector::Auto, &Policy::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no TPM 2.0"), "{err}");
-    }
-
-    #[test]
-    fn exclusive_device_refused_with_reason() {
-        let (_d, roots) = fake_host();
-        let err = roots
-            .find_tpm(&DeviceSelector::Named("tpm0".into()), &Policy::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("exclusive") && err.contains("tpmrm0"), "{err}");
-    }
-
-    #[test]
     fn groups() {
-        let (_d, roots) = fake_host();
+        let host = FakeHost::new(113);
+        let roots = &host.roots;
         assert_eq!(
             roots.group(&GroupSpec::Name("tss".into())).unwrap().gid,
             113

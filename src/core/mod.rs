@@ -6,9 +6,12 @@
 //! no privileged call, no container is touched. Every front-end decides
 //! through [`grant::decide`].
 
+pub mod decision;
 pub mod grant;
+pub mod hook_entry;
 pub mod host;
 pub mod identity;
 pub mod policy;
 pub mod request;
+pub mod subject;
 pub mod userns;

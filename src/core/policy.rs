@@ -276,6 +276,38 @@ impl Policy {
         self.devices.allow.iter().any(|p| glob_match(p, name))
     }
 
+    /// Refuses a named device the policy does not allow, saying why.
+    pub fn check_device(&self, name: &str) -> anyhow::Result<()> {
+        if self.device_allowed(name) {
+            return Ok(());
+        }
+        let why = match name.strip_prefix("tpm") {
+            Some(index) if !name.starts_with("tpmrm") => format!(
+                "; /dev/{name} is exclusive (one opener at a time, so the host and other containers would lose the TPM): ask for tpmrm{index} instead, or allow it explicitly"
+            ),
+            _ => String::new(),
+        };
+        bail!(
+            "device {name} is not allowed by policy [devices] allow = {:?}{why}",
+            self.devices.allow
+        )
+    }
+
+    /// For `device=auto`: the first of the host's devices (in its order)
+    /// the policy allows.
+    pub fn first_allowed<'a>(&self, names: &'a [String]) -> anyhow::Result<&'a str> {
+        names
+            .iter()
+            .find(|n| self.device_allowed(n))
+            .map(String::as_str)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no TPM device on this host is allowed by policy [devices] allow = {:?}",
+                    self.devices.allow
+                )
+            })
+    }
+
     /// Checks who is asking. Which device may be handed out is decided once
     /// the device is known (see [`Policy::device_allowed`]).
     pub fn admit(&self, requester: &Requester) -> Result<(), String> {
@@ -321,6 +353,29 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::core::request::DeviceSelector;
+
+    #[test]
+    fn device_choice() {
+        let p = Policy::default();
+        assert!(p.check_device("tpmrm3").is_ok());
+        let err = p.check_device("tpm0").unwrap_err().to_string();
+        assert!(
+            err.contains("exclusive") && err.contains("tpmrm0 instead"),
+            "{err}"
+        );
+        let names = ["tpmrm2".to_string(), "tpmrm10".to_string()];
+        assert_eq!(p.first_allowed(&names).unwrap(), "tpmrm2");
+        let mut only10 = Policy::default();
+        only10.devices.allow = vec!["tpmrm1*".into()];
+        assert_eq!(only10.first_allowed(&names).unwrap(), "tpmrm10");
+        let err = only10.check_device("tpmrm2").unwrap_err().to_string();
+        assert!(
+            err.contains("not allowed") && !err.contains("exclusive"),
+            "{err}"
+        );
+        only10.devices.allow = vec!["none*".into()];
+        assert!(only10.first_allowed(&names).is_err());
+    }
 
     #[test]
     fn defaults_without_file() {

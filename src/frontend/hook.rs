@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::core::grant::{self, Grant, Subject};
+use crate::core::decision::{Decision, Refusal};
+use crate::core::grant::{self, Grant};
 use crate::core::host::HostRoots;
 use crate::core::identity::{self, NodeOwnership, ProcessIdentity};
 use crate::core::policy::{self, NodeAccess, Policy};
 use crate::core::request;
+use crate::core::subject::Subject;
 use crate::core::userns::IdMaps;
 use crate::oci::state::{BundleSpec, ContainerState};
 use crate::privileged::container::ContainerProcess;
@@ -48,9 +50,11 @@ pub enum HookResult {
     /// The container asked for nothing.
     NotRequested,
     Delivered(Box<Delivery>),
+    /// The container must not start; the reason (already in the log).
+    Refused(String),
     /// `required=false` and the TPM could not be delivered: the container
-    /// starts without it.
-    SkippedOptional(String),
+    /// starts without it; the warning (already in the log).
+    StartedWithout(String),
 }
 
 #[derive(Debug)]
@@ -73,7 +77,8 @@ pub struct SelfTested {
     pub report: SelfTestReport,
 }
 
-/// Runs the hook on a state read from `input`. An `Err` fails the container.
+/// Runs the hook on a state read from `input`. An `Err` (bad input before
+/// any container is known, a malformed policy) fails the container too.
 pub fn run(
     input: impl Read,
     config: Option<&Path>,
@@ -98,30 +103,37 @@ pub fn run(
         annotations: state.annotations.clone(),
         ..Default::default()
     };
-    let grant = match grant::decide(&subject, &policy, host) {
-        Ok(None) => return Ok(HookResult::NotRequested),
-        Ok(Some(g)) => g,
-        Err(refusal) if refusal.required => return Err(refusal.error),
-        Err(refusal) => return Ok(skip_optional(&subject, refusal.error)),
+    let refusal = match grant::decide(&subject, &policy, host) {
+        Decision::NotRequested => return Ok(HookResult::NotRequested),
+        Decision::Refuse(r) => r,
+        Decision::Grant(grant) => match deliver(&state, &subject, &grant, started) {
+            Ok(delivery) => {
+                log_delivery(&subject, &delivery);
+                return Ok(HookResult::Delivered(Box::new(delivery)));
+            }
+            Err(e) => Refusal::new(
+                grant.required,
+                e.context(format!(
+                    "{}: TPM {} ({}:{}) could not be delivered",
+                    subject.describe(),
+                    grant.device.name,
+                    grant.device.major,
+                    grant.device.minor
+                )),
+            ),
+        },
     };
-    let required = grant.required;
-    match deliver(&state, &subject, &grant, started).with_context(|| {
-        format!(
-            "{}: TPM {} ({}:{}) could not be delivered",
-            subject.describe(),
-            grant.device.name,
-            grant.device.major,
-            grant.device.minor
-        )
-    }) {
-        Ok(delivery) => {
-            log_delivery(&subject, &delivery);
-            Ok(HookResult::Delivered(Box::new(delivery)))
-        }
-        Err(e) if required => Err(e),
-        Err(e) => Ok(skip_optional(&subject, e)),
-    }
+    Ok(if refusal.fails_container() {
+        crate::log::refused(FRONT_END, &subject, &refusal);
+        HookResult::Refused(refusal.message())
+    } else {
+        crate::log::started_without(FRONT_END, &subject, &refusal);
+        HookResult::StartedWithout(refusal.warning())
+    })
 }
+
+/// How the log names this front-end.
+const FRONT_END: &str = "hook";
 
 /// The hook acts with the runtime's privileges next to a container image it
 /// must not trust: from here on nothing inherited (environment, cwd) may
@@ -134,12 +146,6 @@ fn scrub_process_environment() {
     }
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let _ = std::env::set_current_dir("/");
-}
-
-fn skip_optional(subject: &Subject, error: anyhow::Error) -> HookResult {
-    let msg = format!("{error:#}");
-    tracing::warn!(container_id = %subject.id_for_log(), "{msg}; oci-tpm-hook/required=false, so the container starts without a TPM");
-    HookResult::SkippedOptional(msg)
 }
 
 /// What the hook does needs these; a hook run without them (rootless

@@ -26,7 +26,8 @@ use nix::sys::stat::Mode;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::core::grant::{Grant, HookEntry};
+use crate::core::grant::Grant;
+use crate::core::hook_entry::HookEntry;
 use crate::core::identity::ProcessIdentity;
 
 /// How the hook entry looks in config.json.
@@ -509,7 +510,11 @@ mod tests {
     }
 
     fn hook() -> HookEntry {
-        HookEntry::for_grant(Path::new("/usr/bin/oci-tpm-hook"), &grant(), vec![])
+        HookEntry::unchecked(
+            Path::new("/usr/bin/oci-tpm-hook"),
+            Path::new(crate::core::policy::DEFAULT_PATH),
+            &grant(),
+        )
     }
 
     fn minimal() -> Value {
@@ -563,9 +568,12 @@ mod tests {
     fn hook_timeout_rounds_up() {
         let mut g = grant();
         g.timeout = Duration::from_millis(2500);
-        let h = HookEntry::for_grant(Path::new("/h"), &g, vec!["A=b".into()]);
+        let h = HookEntry::unchecked(Path::new("/h"), Path::new("/etc/p.toml"), &g);
         assert_eq!(h.timeout, Some(8));
-        assert_eq!(hook_value(&h)["env"], json!(["A=b"]));
+        assert_eq!(
+            hook_value(&h)["env"],
+            json!(["OCI_TPM_HOOK_CONFIG=/etc/p.toml"])
+        );
     }
 
     #[test]

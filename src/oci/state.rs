@@ -133,7 +133,7 @@ impl BundleSpec {
     /// executable (engines copy hooks.d entries into the spec). `None` when
     /// no entry sets one.
     pub fn own_hook_timeout(&self) -> Option<u64> {
-        let me = crate::file_id::FileId::current_exe()?;
+        let me = crate::files::FileId::current_exe()?;
         self.spec
             .pointer("/hooks/createRuntime")
             .and_then(Value::as_array)?
@@ -141,7 +141,7 @@ impl BundleSpec {
             .filter(|h| {
                 h.get("path")
                     .and_then(Value::as_str)
-                    .and_then(|p| crate::file_id::FileId::of(Path::new(p)))
+                    .and_then(|p| crate::files::FileId::of(Path::new(p)))
                     == Some(me)
             })
             .filter_map(|h| h.get("timeout").and_then(Value::as_u64))

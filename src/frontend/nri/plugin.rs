@@ -6,15 +6,18 @@
 
 use std::path::PathBuf;
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::api::{self, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, LinuxDevice};
 use super::stub::Plugin;
 use super::ttrpc::{code, Status};
-use crate::core::grant::{decide, Grant, HookEntry, Subject};
+use crate::core::decision::{Decision, Refusal};
+use crate::core::grant::{decide, Grant};
+use crate::core::hook_entry::HookEntry;
 use crate::core::host::HostRoots;
 use crate::core::policy::Policy;
 use crate::core::request::mentions_us;
+use crate::core::subject::Subject;
 
 pub struct TpmPlugin {
     pub policy: Policy,
@@ -22,12 +25,13 @@ pub struct TpmPlugin {
     /// default, so both judge by the same file.
     pub policy_path: PathBuf,
     pub host: HostRoots,
-    /// Add the createRuntime hook (off where the runtime refuses hook
-    /// injection; the device is granted either way).
+    /// Add the createRuntime hook (off, by the operator's explicit choice,
+    /// where the runtime refuses hook injection: no self-test then).
     pub inject_hook: bool,
-    /// The hook binary was missing at the last grant: warn once per change.
-    hook_missing: bool,
 }
+
+/// How the log names this front-end.
+const FRONT_END: &str = "NRI plugin";
 
 impl TpmPlugin {
     pub fn new(policy: Policy, policy_path: PathBuf, host: HostRoots, inject_hook: bool) -> Self {
@@ -36,41 +40,26 @@ impl TpmPlugin {
             policy_path,
             host,
             inject_hook,
-            hook_missing: false,
         }
     }
 
-    /// The hook to add for a grant, if any.
-    fn hook_for(&mut self, grant: &Grant) -> Option<Hook> {
-        if !self.inject_hook {
-            return None;
-        }
-        let path = &self.policy.hook.path;
-        // A missing hook binary would make the runtime fail every container
-        // that asks for a TPM; grant the device without the self-test and
-        // say so (once, until it is back).
-        let missing = !path.is_file();
-        if missing != self.hook_missing {
-            self.hook_missing = missing;
-            if missing {
-                warn!(
-                    "hook {} does not exist: TPM devices are granted without the createRuntime self-test until it is installed ([hook] path in the policy)",
-                    path.display()
-                );
-            } else {
-                info!("hook {} is back: self-tests resume", path.display());
-            }
-        }
-        if missing {
-            return None;
-        }
-        let entry = HookEntry::for_grant(path, grant, HookEntry::policy_env(&self.policy_path));
-        Some(Hook {
-            path: entry.path.display().to_string(),
-            args: entry.args,
-            env: entry.env,
-            timeout: entry.timeout.map(|t| t as i64),
-        })
+    /// The adjustment for a grant, with the hook that proves it (the same
+    /// rule as every front-end: no hook binary, no unproven grant). A spec
+    /// that already has the hook (the fail-closed base spec) needs no other.
+    fn grant(&self, grant: &Grant, existing: &Hooks) -> anyhow::Result<ContainerAdjustment> {
+        let ours = self.policy.hook.path.display().to_string();
+        let hook = if self.inject_hook && !has_hook(existing, &ours) {
+            let entry = HookEntry::for_grant(&self.policy, &self.policy_path, grant)?;
+            Some(Hook {
+                path: entry.path.display().to_string(),
+                args: entry.args,
+                env: entry.env,
+                timeout: entry.timeout.map(|t| t as i64),
+            })
+        } else {
+            None
+        };
+        Ok(adjustment(grant, hook, existing))
     }
 }
 
@@ -89,45 +78,43 @@ impl Plugin for TpmPlugin {
         let Some(subject) = subject(req) else {
             return Ok(None); // the fast path: nothing asked, nothing to do
         };
-        match decide(&subject, &self.policy, &self.host) {
-            Ok(None) => Ok(None),
-            Ok(Some(grant)) => {
-                let hook = self.hook_for(&grant);
-                let adjust = adjustment(&grant, hook, &req.container.hooks);
-                let hook_path = self.policy.hook.path.display().to_string();
-                let self_test =
-                    if has_hook(&req.container.hooks, &hook_path) || adjust.hooks.is_some() {
-                        grant.self_test.to_string()
+        let refusal = match decide(&subject, &self.policy, &self.host) {
+            Decision::NotRequested => return Ok(None),
+            Decision::Refuse(r) => r,
+            Decision::Grant(grant) => match self.grant(&grant, &req.container.hooks) {
+                Ok(adjust) => {
+                    let self_test = if self.inject_hook {
+                        format!("hook, self-test {}", grant.self_test)
                     } else {
-                        "skipped (no hook)".to_string()
+                        "no hook (--no-hook): not self-tested".to_string()
                     };
-                info!(
-                    container = %req.container.id,
-                    "{}: granted TPM {} ({}:{}) as {}, group {}, self-test {self_test}",
-                    subject.describe(),
-                    grant.device.name,
-                    grant.device.major,
-                    grant.device.minor,
-                    grant.container_path.display(),
-                    grant.gid,
-                );
-                Ok(Some(adjust))
-            }
-            Err(refusal) if refusal.required => {
-                warn!(container = %req.container.id, "refused: {refusal}");
-                Err(Status::new(
-                    code::FAILED_PRECONDITION,
-                    format!("oci-tpm-hook: {refusal}"),
-                ))
-            }
-            Err(refusal) => {
-                warn!(
-                    container = %req.container.id,
-                    "{refusal}; starting it without a TPM (oci-tpm-hook/required=false)"
-                );
-                Ok(None)
-            }
+                    crate::log::granted(
+                        FRONT_END,
+                        &subject,
+                        &grant,
+                        &format!("device with group {}, {self_test}", grant.gid),
+                    );
+                    return Ok(Some(adjust));
+                }
+                Err(e) => Refusal::new(
+                    grant.required,
+                    e.context(format!(
+                        "{}: cannot give it TPM {}",
+                        subject.describe(),
+                        grant.device.name
+                    )),
+                ),
+            },
+        };
+        if refusal.fails_container() {
+            crate::log::refused(FRONT_END, &subject, &refusal);
+            return Err(Status::new(
+                code::FAILED_PRECONDITION,
+                format!("oci-tpm-hook: {}", refusal.message()),
+            ));
         }
+        crate::log::started_without(FRONT_END, &subject, &refusal);
+        Ok(None)
     }
 }
 
@@ -207,35 +194,31 @@ pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> Contai
 mod tests {
     use super::*;
     use crate::frontend::nri::api::{Container, PodSandbox};
+    use crate::testing::FakeHost;
     use std::fs;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        _host: FakeHost,
         plugin: TpmPlugin,
         hook: String,
     }
 
     /// A host with tpmrm0 = 253:65536, group tss = 102, and a hook binary.
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let host = HostRoots {
-            dev: dir.path().join("dev"),
-            sys: dir.path().join("sys"),
-            group_file: dir.path().join("group"),
-        };
-        fs::create_dir_all(host.sys.join("class/tpmrm/tpmrm0")).unwrap();
-        fs::write(host.sys.join("class/tpmrm/tpmrm0/dev"), "1:3\n").unwrap();
-        fs::create_dir_all(&host.dev).unwrap();
-        // /dev/null stands in for the device node: a real character device.
-        std::os::unix::fs::symlink("/dev/null", host.dev.join("tpmrm0")).unwrap();
-        fs::write(&host.group_file, "tss:x:102:\n").unwrap();
-        let hook = dir.path().join("oci-tpm-hook");
+        let host = FakeHost::with_tpm();
+        let hook = host.dir().join("oci-tpm-hook");
         fs::write(&hook, "").unwrap();
+        fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut policy = Policy::default();
         policy.hook.path = hook.clone();
-        let plugin = TpmPlugin::new(policy, crate::core::policy::DEFAULT_PATH.into(), host, true);
+        let plugin = TpmPlugin::new(
+            policy,
+            crate::core::policy::DEFAULT_PATH.into(),
+            host.roots.clone(),
+            true,
+        );
         Fixture {
-            _dir: dir,
+            _host: host,
             plugin,
             hook: hook.display().to_string(),
         }
@@ -423,12 +406,25 @@ mod tests {
         assert_eq!(a.hooks, None);
         assert_eq!(device(&a).gid, Some(102));
 
+        // No hook binary: nothing unproven is granted; the container fails,
+        // or with required=false starts without a TPM.
         f.plugin.inject_hook = true;
         f.plugin.policy.hook.path = "/nonexistent/oci-tpm-hook".into();
-        let a = f.plugin.create_container(&req).unwrap().unwrap();
-        assert_eq!(a.hooks, None, "a missing hook would fail the container");
-        assert!(f.plugin.hook_missing);
-        assert!(a.linux.is_some());
+        let status = f.plugin.create_container(&req).unwrap_err();
+        assert!(
+            status.message.contains("/nonexistent/oci-tpm-hook")
+                && status.message.contains("[hook] path"),
+            "{}",
+            status.message
+        );
+        let optional = request(
+            &[
+                ("oci-tpm-hook/device", "tpmrm0"),
+                ("oci-tpm-hook/required", "false"),
+            ],
+            &[],
+        );
+        assert_eq!(f.plugin.create_container(&optional).unwrap(), None);
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! The `create`/`run` part of the wrapper: decide, and put the grant into
 //! the bundle's config.json.
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
-use super::lookup::is_executable;
 use super::PREFIX;
-use crate::core::grant::{decide, HookEntry, Subject};
+use crate::core::decision::{Decision, Refusal};
+use crate::core::grant::{decide, Grant};
+use crate::core::hook_entry::HookEntry;
 use crate::core::host::HostRoots;
 use crate::core::policy::{resolve_path, Policy};
+use crate::core::request::mentions_us;
+use crate::core::subject::Subject;
 use crate::oci::runtime_cli::Invocation;
 use crate::oci::runtime_log::RuntimeLog;
 use crate::oci::spec_edit::{Changes, SpecFile};
+
+/// How the log names this front-end.
+const FRONT_END: &str = "docker runtime wrapper";
 
 /// What the wrapper did to a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +24,7 @@ pub enum BundleOutcome {
     /// Nothing asked for, or the command line had no container id.
     Untouched,
     /// A TPM was refused but not required: the container starts without one.
-    Skipped,
+    StartedWithout,
     /// The grant is in the spec; empty changes = it already was.
     Granted(Changes),
 }
@@ -48,46 +54,54 @@ pub fn prepare_bundle(
         annotations: file.annotations().with_context(where_)?,
         ..Default::default()
     };
-    let grant = match decide(&subject, policy, host) {
-        Ok(None) => return Ok(BundleOutcome::Untouched),
-        Ok(Some(grant)) => grant,
-        Err(refusal) if !refusal.required => {
-            log.warn(&format!(
-                "{refusal}; starting it without a TPM as oci-tpm-hook/required=false allows"
-            ));
-            return Ok(BundleOutcome::Skipped);
-        }
-        Err(refusal) => return Err(refusal.error),
+    if !mentions_us(&subject.annotations) {
+        return Ok(BundleOutcome::Untouched);
+    }
+    crate::log::init_unless_stderr(&policy.log, PREFIX)?;
+    let refusal = match decide(&subject, policy, host) {
+        Decision::NotRequested => return Ok(BundleOutcome::Untouched),
+        Decision::Refuse(r) => r,
+        Decision::Grant(grant) => match grant_in_spec(inv, &mut file, policy, &grant) {
+            Ok(changes) => {
+                log.info(&format!(
+                    "{}: host {} (c {}:{}) at {}; added {changes}",
+                    subject.describe(),
+                    grant.device.name,
+                    grant.device.major,
+                    grant.device.minor,
+                    grant.container_path.display(),
+                ));
+                crate::log::granted(FRONT_END, &subject, &grant, &changes.to_string());
+                return Ok(BundleOutcome::Granted(changes));
+            }
+            Err(e) => Refusal::new(grant.required, e.context(subject.describe())),
+        },
     };
-    let who = subject.describe();
+    if refusal.fails_container() {
+        crate::log::refused(FRONT_END, &subject, &refusal);
+        return Err(anyhow!(refusal.message()));
+    }
+    crate::log::started_without(FRONT_END, &subject, &refusal);
+    log.warn(&refusal.warning());
+    Ok(BundleOutcome::StartedWithout)
+}
+
+/// Writes the grant and the hook that proves it into config.json.
+fn grant_in_spec(
+    inv: &Invocation,
+    file: &mut SpecFile,
+    policy: &Policy,
+    grant: &Grant,
+) -> anyhow::Result<Changes> {
     if !inv.unknown_flags.is_empty() {
         bail!(
-            "{who} asks for a TPM, but the runtime command line has flags {PREFIX} does not know ({}), so it cannot be sure which config.json the runtime will read; refusing to start the container without its TPM",
+            "the runtime command line has flags {PREFIX} does not know ({}), so it cannot be sure which config.json the runtime will read",
             inv.unknown_flags.join(", ")
         );
     }
-    if !is_executable(&policy.hook.path) {
-        bail!(
-            "{who} asks for a TPM, but the hook {} (policy [hook] path) that checks it is not an executable file; install oci-tpm-hook there or set [hook] path",
-            policy.hook.path.display()
-        );
-    }
-    let hook = HookEntry::for_grant(
-        &policy.hook.path,
-        &grant,
-        HookEntry::policy_env(&resolve_path(None)),
-    );
-    let changes = file
-        .apply_and_write(&grant, &hook)
-        .with_context(|| format!("{who}: bundle {}", bundle_display(inv)))?;
-    log.info(&format!(
-        "{who}: host {} (c {}:{}) at {}; added {changes}",
-        grant.device.name,
-        grant.device.major,
-        grant.device.minor,
-        grant.container_path.display(),
-    ));
-    Ok(BundleOutcome::Granted(changes))
+    let hook = HookEntry::for_grant(policy, &resolve_path(None), grant)?;
+    file.apply_and_write(grant, &hook)
+        .with_context(|| format!("bundle {}", bundle_display(inv)))
 }
 
 fn bundle_display(inv: &Invocation) -> String {

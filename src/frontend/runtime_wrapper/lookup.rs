@@ -1,13 +1,12 @@
 //! Finding the real OCI runtime the wrapper becomes.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 
 use super::PREFIX;
-use crate::file_id::FileId;
+use crate::files::{is_executable, FileId};
 
 /// Used when PATH is unset, as execvp does.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -55,13 +54,10 @@ pub fn resolve_runtime(
     ))
 }
 
-pub fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn runtime_resolution_never_picks_itself() {

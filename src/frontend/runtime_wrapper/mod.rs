@@ -29,7 +29,7 @@ pub use lookup::resolve_runtime;
 
 use crate::core::host::HostRoots;
 use crate::core::policy::{resolve_path, Policy};
-use crate::file_id::FileId;
+use crate::files::FileId;
 use crate::oci::runtime_cli::{parse_args, Invocation};
 use crate::oci::runtime_log::RuntimeLog;
 

@@ -1,8 +1,8 @@
-//! Recognising a file by its identity (device and inode), not its name:
-//! the wrapper must never execute itself, and the hook finds its own entry
-//! in a spec whatever path names it.
+//! Recognising files: by their identity (device and inode), not their name
+//! (the wrapper must never execute itself, and the hook finds its own entry
+//! in a spec whatever path names it), and whether one can be executed.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// The identity of a file, to recognise this very program under another name.
@@ -25,4 +25,9 @@ impl FileId {
     pub fn current_exe() -> Option<Self> {
         Self::of(Path::new("/proc/self/exe"))
     }
+}
+
+/// A regular file with an execute bit: what a runtime can execute.
+pub fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
