@@ -8,7 +8,7 @@ use std::time::Duration;
 use oci_tpm_hook::core::grant::Grant;
 use oci_tpm_hook::core::hook_entry::HookEntry;
 use oci_tpm_hook::core::host::HostTpm;
-use oci_tpm_hook::oci::spec_edit::SpecFile;
+use oci_tpm_hook::oci::bundle::BundleFile;
 use serde_json::Value;
 use tpm2_selftest::SelfTestLevel;
 
@@ -61,7 +61,7 @@ fn pop(v: &mut Value, pointer: &str) -> Value {
 fn only_the_intended_additions() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), DOCKER_LIKE, 0o640);
-    let mut file = SpecFile::read(&path).unwrap();
+    let mut file = BundleFile::read(&path).unwrap();
     let changes = file.apply_and_write(&grant(), &hook()).unwrap();
     assert_eq!(changes.0.len(), 6, "{changes}");
 
@@ -120,7 +120,7 @@ fn only_the_intended_additions() {
 fn second_apply_does_not_rewrite() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), DOCKER_LIKE, 0o600);
-    SpecFile::read(&path)
+    BundleFile::read(&path)
         .unwrap()
         .apply_and_write(&grant(), &hook())
         .unwrap();
@@ -128,7 +128,7 @@ fn second_apply_does_not_rewrite() {
     let meta = fs::metadata(&path).unwrap();
     std::thread::sleep(Duration::from_millis(20));
 
-    let changes = SpecFile::read(&path)
+    let changes = BundleFile::read(&path)
         .unwrap()
         .apply_and_write(&grant(), &hook())
         .unwrap();
@@ -147,7 +147,7 @@ fn pretty_files_stay_pretty() {
     let dir = tempfile::tempdir().unwrap();
     let text = "{\n\t\"ociVersion\": \"1.0.2\",\n\t\"process\": {\n\t\t\"user\": {\n\t\t\t\"uid\": 0,\n\t\t\t\"gid\": 0\n\t\t}\n\t}\n}\n";
     let path = write_config(dir.path(), text, 0o644);
-    SpecFile::read(&path)
+    BundleFile::read(&path)
         .unwrap()
         .apply_and_write(&grant(), &hook())
         .unwrap();
@@ -185,7 +185,7 @@ fn malformed_inputs_leave_the_file_byte_identical() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), text, 0o644);
         let meta = fs::metadata(&path).unwrap();
-        let err = SpecFile::read(&path).and_then(|mut f| f.apply_and_write(&grant(), &hook()));
+        let err = BundleFile::read(&path).and_then(|mut f| f.apply_and_write(&grant(), &hook()));
         let msg = format!("{:#}", err.unwrap_err());
         assert!(msg.contains(needle), "{text}: {msg}");
         assert!(
@@ -209,21 +209,21 @@ fn symlinks_and_odd_files_are_refused_untouched() {
     fs::write(&real, DOCKER_LIKE).unwrap();
     let link = dir.path().join("config.json");
     std::os::unix::fs::symlink("real.json", &link).unwrap();
-    let err = format!("{:#}", SpecFile::read(&link).unwrap_err());
+    let err = format!("{:#}", BundleFile::read(&link).unwrap_err());
     assert!(err.contains("is a symlink"), "{err}");
     assert_eq!(fs::read_to_string(&real).unwrap(), DOCKER_LIKE);
 
     let fifo_dir = tempfile::tempdir().unwrap();
     let fifo = fifo_dir.path().join("config.json");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let err = format!("{:#}", SpecFile::read(&fifo).unwrap_err());
+    let err = format!("{:#}", BundleFile::read(&fifo).unwrap_err());
     assert!(err.contains("not a regular file"), "{err}");
 
     let sub = tempfile::tempdir().unwrap();
     fs::create_dir(sub.path().join("config.json")).unwrap();
     let err = format!(
         "{:#}",
-        SpecFile::read(&sub.path().join("config.json")).unwrap_err()
+        BundleFile::read(&sub.path().join("config.json")).unwrap_err()
     );
     assert!(err.contains("not a regular file"), "{err}");
 }

@@ -26,7 +26,8 @@ use crate::core::policy::{self, NodeAccess, Policy};
 use crate::core::request;
 use crate::core::subject::Subject;
 use crate::core::userns::IdMaps;
-use crate::oci::state::{BundleSpec, ContainerState};
+use crate::oci::bundle::{BundleFile, Spec};
+use crate::oci::state::ContainerState;
 use crate::privileged::container::ContainerProcess;
 use crate::privileged::credentials::{self, RanAs};
 use crate::privileged::node::{self, NodeMethod, NodeOutcome, NodeSpec};
@@ -193,17 +194,17 @@ fn plan(
     state: &ContainerState,
     subject: &Subject,
     grant: &Grant,
-    bundle: &BundleSpec,
+    spec: &Spec,
     started: Instant,
 ) -> anyhow::Result<Plan> {
-    let rootfs = bundle.rootfs()?;
-    let process = ProcessIdentity::from_spec(&bundle.spec).with_context(|| {
+    let rootfs = spec.rootfs()?;
+    let process = ProcessIdentity::from_spec(&spec.json).with_context(|| {
         format!(
             "{}/config.json has a malformed process user",
-            bundle.dir.display()
+            spec.dir.display()
         )
     })?;
-    let maps = if bundle.has_user_namespace() {
+    let maps = if spec.has_user_namespace() {
         Some(IdMaps::of_process(state.pid)?)
     } else {
         None
@@ -253,10 +254,10 @@ fn plan(
         mode: grant.mode,
         gid: node_gid,
     };
-    let rule_in_spec = bundle.allows_char_device(node.major, node.minor)?;
+    let rule_in_spec = spec.allows_char_device(node.major, node.minor)?;
     let self_test_timeout = self_test_budget(
         grant.timeout,
-        bundle.own_hook_timeout().map(Duration::from_secs),
+        spec.own_hook_timeout().map(Duration::from_secs),
         started.elapsed(),
     )?;
     Ok(Plan {
@@ -315,8 +316,8 @@ fn deliver(
     started: Instant,
 ) -> anyhow::Result<Delivery> {
     check_privileges()?;
-    let bundle = BundleSpec::load(&state.bundle)?;
-    let plan = plan(state, subject, grant, &bundle, started)?;
+    let bundle = BundleFile::load(&state.bundle)?;
+    let plan = plan(state, subject, grant, &bundle.spec, started)?;
     let cgroup = devcgroup::locate(state.pid)
         .with_context(|| format!("cannot find the cgroup of container process {}", state.pid))?;
     let process = ContainerProcess::open(state.pid)?;

@@ -2,6 +2,7 @@
 //! config.json (read leniently, edited losslessly), the spec's device-cgroup
 //! rules, and the runtime's command line and log format.
 
+pub mod bundle;
 pub mod device_rules;
 pub mod runtime_cli;
 pub mod runtime_log;

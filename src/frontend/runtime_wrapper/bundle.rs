@@ -11,9 +11,10 @@ use crate::core::host::HostRoots;
 use crate::core::policy::{resolve_path, Policy};
 use crate::core::request::mentions_us;
 use crate::core::subject::Subject;
+use crate::oci::bundle::BundleFile;
 use crate::oci::runtime_cli::Invocation;
 use crate::oci::runtime_log::RuntimeLog;
-use crate::oci::spec_edit::{Changes, SpecFile};
+use crate::oci::spec_edit::Changes;
 
 /// How the log names this front-end.
 const FRONT_END: &str = "docker runtime wrapper";
@@ -43,7 +44,7 @@ pub fn prepare_bundle(
     };
     let config = inv.config_path();
     let where_ = || format!("container {id}, bundle {}", bundle_display(inv));
-    let mut file = match SpecFile::read(&config) {
+    let mut file = match BundleFile::read(&config) {
         Ok(f) => f,
         // Unsure where the bundle is: leave judging it to the runtime.
         Err(_) if !inv.unknown_flags.is_empty() => return Ok(BundleOutcome::Untouched),
@@ -89,7 +90,7 @@ pub fn prepare_bundle(
 /// Writes the grant and the hook that proves it into config.json.
 fn grant_in_spec(
     inv: &Invocation,
-    file: &mut SpecFile,
+    file: &mut BundleFile,
     policy: &Policy,
     grant: &Grant,
 ) -> anyhow::Result<Changes> {
