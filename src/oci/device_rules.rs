@@ -1,5 +1,6 @@
 //! A spec's device-cgroup rules (`linux.resources.devices`): does the spec
-//! already let the container read and write a char device?
+//! already let the container read and write a char device? The entries are
+//! read into `devcgroup`'s one rule type and judged by its evaluator.
 //!
 //! One evaluator for every front-end: the hook skips its own cgroup rule when
 //! the spec allows the device, the docker wrapper skips adding one. Rules
@@ -7,43 +8,26 @@
 //! all". Pure.
 
 use anyhow::{anyhow, bail, Context};
+use devcgroup::rule::{parse_access, spec_allows_rw, DevType, DeviceRule, RWM};
+use devcgroup::DeviceAccess;
 use serde_json::Value;
-
-/// One rule, as far as a char device is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DeviceRule {
-    allow: bool,
-    /// None = any type ("a").
-    kind: Option<char>,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: String,
-}
 
 /// Whether `rules` let the container read and write `c major:minor`. A rule
 /// that is not a well-formed entry is an error naming its index.
 pub fn allows_char_device(rules: &[Value], major: u32, minor: u32) -> anyhow::Result<bool> {
-    let mut read = false;
-    let mut write = false;
-    for (i, entry) in rules.iter().enumerate() {
-        let rule = parse_rule(entry).with_context(|| {
-            format!("/linux/resources/devices/{i} ({entry}) is not a valid rule")
-        })?;
-        let applies = matches!(rule.kind, None | Some('c'))
-            && rule.major.is_none_or(|m| m == i64::from(major))
-            && rule.minor.is_none_or(|m| m == i64::from(minor));
-        if applies {
-            if rule.access.contains('r') {
-                read = rule.allow;
-            }
-            if rule.access.contains('w') {
-                write = rule.allow;
-            }
-        }
-    }
-    Ok(read && write)
+    let parsed = rules
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            parse_rule(entry).with_context(|| {
+                format!("/linux/resources/devices/{i} ({entry}) is not a valid rule")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(spec_allows_rw(&parsed, &DeviceAccess::new(major, minor)))
 }
 
+/// One `linux.resources.devices` entry as a [`DeviceRule`].
 fn parse_rule(v: &Value) -> anyhow::Result<DeviceRule> {
     if !v.is_object() {
         bail!("not an object");
@@ -52,28 +36,38 @@ fn parse_rule(v: &Value) -> anyhow::Result<DeviceRule> {
         .get("allow")
         .and_then(Value::as_bool)
         .ok_or_else(|| anyhow!("\"allow\" must be true or false"))?;
-    let kind = match v.get("type").and_then(Value::as_str) {
-        None | Some("a") => None,
-        Some("c") => Some('c'),
-        Some("b") => Some('b'),
-        Some(other) => bail!("unknown device type {other:?}"),
+    let dev_type = match v.get("type") {
+        None | Some(Value::Null) => DevType::Any,
+        Some(Value::String(t)) => DevType::parse(t)?,
+        Some(_) => bail!("\"type\" must be a string"),
     };
-    // Negative numbers mean "any" in some runtimes' specs (-1 = wildcard).
-    let num = |k: &str| match v.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(n) => n
-            .as_i64()
-            .map(|n| (n >= 0).then_some(n))
-            .ok_or_else(|| anyhow!("{k:?} must be a number")),
+    // Negative numbers mean "any" in some runtimes' specs (-1 = wildcard);
+    // a number no device can have matches none.
+    let num = |k: &str| -> anyhow::Result<Option<u32>> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(n) => {
+                let n = n
+                    .as_i64()
+                    .ok_or_else(|| anyhow!("{k:?} must be a number"))?;
+                if n < 0 {
+                    Ok(None)
+                } else {
+                    u32::try_from(n)
+                        .map(Some)
+                        .map_err(|_| anyhow!("{k:?} = {n} is not a device number"))
+                }
+            }
+        }
     };
     let access = match v.get("access") {
-        None | Some(Value::Null) => "rwm".to_owned(),
-        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => RWM,
+        Some(Value::String(s)) => parse_access(s)?,
         Some(_) => bail!("\"access\" must be a string"),
     };
     Ok(DeviceRule {
         allow,
-        kind,
+        dev_type,
         major: num("major")?,
         minor: num("minor")?,
         access,

@@ -60,6 +60,7 @@ pub mod bpf;
 pub mod locate;
 pub mod mountinfo;
 pub mod proc_cgroup;
+pub mod rule;
 pub mod v1;
 mod v2;
 

@@ -6,65 +6,18 @@
 use std::fs;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::bpf::{ACC_MKNOD, ACC_READ, ACC_WRITE};
+use super::rule::{DevType, DeviceRule, RW};
 use super::{AllowOutcome, DeviceAccess};
 
-/// One line of `devices.list`, e.g. `c 1:3 rwm` or `a *:* rwm`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListEntry {
-    /// `'a'` (all), `'b'` (block) or `'c'` (char).
-    pub dev_type: char,
-    /// `None` for `*`.
-    pub major: Option<u32>,
-    /// `None` for `*`.
-    pub minor: Option<u32>,
-    /// Mask of `ACC_*` bits.
-    pub access: u32,
-}
-
-fn parse_number(s: &str, line: &str) -> Result<Option<u32>> {
-    if s == "*" {
-        return Ok(None);
-    }
-    s.parse()
-        .map(Some)
-        .with_context(|| format!("bad device number {s:?} in devices.list line {line:?}"))
-}
-
 /// Parses the whole of `devices.list`.
-pub fn parse_devices_list(text: &str) -> Result<Vec<ListEntry>> {
-    let mut entries = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [kind, numbers, access] = fields[..] else {
-            bail!("devices.list line {line:?} does not have three fields");
-        };
-        let dev_type = match kind {
-            "a" | "b" | "c" => kind.chars().next().unwrap(),
-            _ => bail!("unknown device type {kind:?} in devices.list line {line:?}"),
-        };
-        let Some((major, minor)) = numbers.split_once(':') else {
-            bail!("devices.list line {line:?} has no MAJ:MIN");
-        };
-        let mut bits = 0;
-        for c in access.chars() {
-            bits |= match c {
-                'r' => ACC_READ,
-                'w' => ACC_WRITE,
-                'm' => ACC_MKNOD,
-                _ => bail!("unknown access {c:?} in devices.list line {line:?}"),
-            };
-        }
-        entries.push(ListEntry {
-            dev_type,
-            major: parse_number(major, line)?,
-            minor: parse_number(minor, line)?,
-            access: bits,
-        });
-    }
-    Ok(entries)
+pub fn parse_devices_list(text: &str) -> Result<Vec<DeviceRule>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(DeviceRule::parse_list_line)
+        .collect()
 }
 
 /// What the current list means for `c MAJ:MIN rw`.
@@ -83,20 +36,15 @@ pub enum Coverage {
 /// bits must be in one entry), so coverage by two partial entries does not
 /// count. A cgroup in default-allow mode lists only `a *:* rwm`: its deny
 /// exceptions are not shown, so "unrestricted" is the best we can know.
-pub fn coverage(entries: &[ListEntry], dev: &DeviceAccess) -> Coverage {
-    let rw = ACC_READ | ACC_WRITE;
+pub fn coverage(entries: &[DeviceRule], dev: &DeviceAccess) -> Coverage {
     if entries
         .iter()
-        .any(|e| e.dev_type == 'a' && e.access & rw == rw)
+        .any(|e| e.dev_type == DevType::Any && e.access & RW == RW)
     {
         return Coverage::Unrestricted;
     }
-    let covers = |e: &&ListEntry| {
-        e.dev_type == 'c'
-            && e.major.is_none_or(|m| m == dev.major)
-            && e.minor.is_none_or(|m| m == dev.minor)
-            && e.access & rw == rw
-    };
+    let covers =
+        |e: &&DeviceRule| e.dev_type == DevType::Char && e.names_char(dev) && e.access & RW == RW;
     if entries.iter().any(|e| covers(&e)) {
         Coverage::Covered
     } else {
@@ -151,6 +99,7 @@ pub fn deny(dir: &Path, dev: &DeviceAccess) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::{ACC_MKNOD, ACC_READ, ACC_WRITE};
 
     const TPM: DeviceAccess = DeviceAccess {
         major: 253,
@@ -171,8 +120,9 @@ mod tests {
         assert_eq!(entries.len(), 12);
         assert_eq!(
             entries[6],
-            ListEntry {
-                dev_type: 'c',
+            DeviceRule {
+                allow: true,
+                dev_type: DevType::Char,
                 major: None,
                 minor: None,
                 access: ACC_MKNOD
@@ -180,8 +130,9 @@ mod tests {
         );
         assert_eq!(
             entries[9],
-            ListEntry {
-                dev_type: 'c',
+            DeviceRule {
+                allow: true,
+                dev_type: DevType::Char,
                 major: Some(136),
                 minor: None,
                 access: ACC_READ | ACC_WRITE | ACC_MKNOD

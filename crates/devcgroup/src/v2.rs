@@ -275,10 +275,11 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    use super::super::bpf::filter::{deny_by_default, Rule};
+    use super::super::bpf::filter::deny_by_default;
     use super::super::bpf::insn::R6;
     use super::super::bpf::sys::F_ALLOW_OVERRIDE;
     use super::*;
+    use crate::rule::DeviceRule;
 
     const TPM: DeviceAccess = DeviceAccess {
         major: 253,
@@ -420,7 +421,7 @@ mod tests {
     }
 
     fn runtime_program() -> Vec<Insn> {
-        deny_by_default(&[Rule::allow_char(1, 3), Rule::allow_char(1, 5)]).unwrap()
+        deny_by_default(&[DeviceRule::allow_char(1, 3), DeviceRule::allow_char(1, 5)]).unwrap()
     }
 
     fn allows_tpm(insns: &[Insn]) -> bool {
@@ -467,7 +468,7 @@ mod tests {
 
     #[test]
     fn revoke_puts_the_originals_back() {
-        let second = deny_by_default(&[Rule::allow_char(1, 3)]).unwrap();
+        let second = deny_by_default(&[DeviceRule::allow_char(1, 3)]).unwrap();
         let fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program(), second]);
         let before = fake.attached_insns();
         let (outcome, swapped) = allow(&fake, path(), &TPM).unwrap();
@@ -480,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_failure_half_way_restores_what_was_swapped() {
-        let second = deny_by_default(&[Rule::allow_char(1, 3)]).unwrap();
+        let second = deny_by_default(&[DeviceRule::allow_char(1, 3)]).unwrap();
         let mut fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program(), second]);
         fake.loads_before_failure = Some(1);
         let before = fake.attached_insns();
@@ -491,7 +492,7 @@ mod tests {
 
     #[test]
     fn patches_only_the_programs_that_deny() {
-        let permissive = deny_by_default(&[Rule::allow_char(253, 65536)]).unwrap();
+        let permissive = deny_by_default(&[DeviceRule::allow_char(253, 65536)]).unwrap();
         let fake = Fake::with(F_ALLOW_MULTI, vec![permissive.clone(), runtime_program()]);
         assert_eq!(allow(&fake, path(), &TPM).unwrap().0, AllowOutcome::Added);
         let progs = fake.attached_insns();

@@ -13,11 +13,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use devcgroup::bpf::filter::{deny_by_default, Rule};
+use devcgroup::bpf::filter::deny_by_default;
 use devcgroup::bpf::insn::{Insn, R0};
 use devcgroup::bpf::patch;
 use devcgroup::bpf::sys::{self, ATTACH_CGROUP_DEVICE, F_ALLOW_MULTI};
 use devcgroup::bpf::unblind::unblind;
+use devcgroup::rule::DeviceRule;
 use devcgroup::{self, mountinfo, AllowOutcome, CgroupVersion, ContainerCgroup, DeviceAccess};
 use nix::errno::Errno;
 
@@ -118,7 +119,7 @@ impl Drop for TestCgroup {
 }
 
 fn runtime_program() -> Vec<Insn> {
-    deny_by_default(&[Rule::allow_char(1, 3)]).unwrap()
+    deny_by_default(&[DeviceRule::allow_char(1, 3)]).unwrap()
 }
 
 #[test]
@@ -222,7 +223,7 @@ fn a_program_that_already_allows_is_left_alone() {
     let Some(mount) = cgroup2_mount() else { return };
     let t = TestCgroup::new(&mount);
     t.attach(
-        &deny_by_default(&[Rule::allow_char(1, 5)]).unwrap(),
+        &deny_by_default(&[DeviceRule::allow_char(1, 5)]).unwrap(),
         F_ALLOW_MULTI,
     );
     let before = t.attached();

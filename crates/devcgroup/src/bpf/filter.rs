@@ -11,40 +11,7 @@ use anyhow::{bail, Result};
 
 use super::insn::*;
 use super::{ACC_MKNOD, ACC_READ, ACC_WRITE, DEV_BLOCK, DEV_CHAR};
-
-/// Which device type a rule matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DevType {
-    Char,
-    Block,
-    Any,
-}
-
-/// One rule, like an OCI `linux.resources.devices` entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub dev_type: DevType,
-    /// `None` = any major.
-    pub major: Option<u32>,
-    /// `None` = any minor.
-    pub minor: Option<u32>,
-    /// Mask of `ACC_*` bits the rule covers.
-    pub access: u32,
-    pub allow: bool,
-}
-
-impl Rule {
-    /// Allow `c MAJ:MIN rwm`.
-    pub fn allow_char(major: u32, minor: u32) -> Rule {
-        Rule {
-            dev_type: DevType::Char,
-            major: Some(major),
-            minor: Some(minor),
-            access: ACC_READ | ACC_WRITE | ACC_MKNOD,
-            allow: true,
-        }
-    }
-}
+use crate::rule::{DevType, DeviceRule};
 
 fn imm(what: &str, v: u32) -> Result<i32> {
     // Context fields are loaded zero-extended while jump immediates are
@@ -57,7 +24,7 @@ fn imm(what: &str, v: u32) -> Result<i32> {
 
 /// Builds a program that evaluates `rules` in order (first match decides)
 /// and denies everything no rule matches.
-pub fn deny_by_default(rules: &[Rule]) -> Result<Vec<Insn>> {
+pub fn deny_by_default(rules: &[DeviceRule]) -> Result<Vec<Insn>> {
     let mut b = Builder::new();
     b.push(Insn::ldx_w(R2, R1, 0))
         .push(Insn::alu32_imm(ALU_AND, R2, 0xffff)) // type
@@ -107,29 +74,29 @@ mod tests {
     #[test]
     fn decides_like_the_rules_say() {
         let prog = deny_by_default(&[
-            Rule {
+            DeviceRule {
                 dev_type: DevType::Char,
                 major: None,
                 minor: None,
                 access: ACC_MKNOD,
                 allow: true,
             },
-            Rule::allow_char(1, 3),
-            Rule {
+            DeviceRule::allow_char(1, 3),
+            DeviceRule {
                 dev_type: DevType::Char,
                 major: Some(136),
                 minor: None,
                 access: RW,
                 allow: true,
             },
-            Rule {
+            DeviceRule {
                 dev_type: DevType::Any,
                 major: Some(7),
                 minor: None,
                 access: RW | ACC_MKNOD,
                 allow: false,
             },
-            Rule {
+            DeviceRule {
                 dev_type: DevType::Block,
                 major: Some(7),
                 minor: Some(0),
@@ -152,6 +119,6 @@ mod tests {
 
     #[test]
     fn refuses_unencodable_numbers() {
-        assert!(deny_by_default(&[Rule::allow_char(u32::MAX, 0)]).is_err());
+        assert!(deny_by_default(&[DeviceRule::allow_char(u32::MAX, 0)]).is_err());
     }
 }

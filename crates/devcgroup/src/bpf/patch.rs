@@ -168,9 +168,10 @@ pub fn plan(prog: &[Insn], dev: &DeviceAccess) -> Result<Plan> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::filter::{deny_by_default, DevType, Rule};
+    use super::super::filter::deny_by_default;
     use super::super::{ACC_MKNOD, DEV_BLOCK};
     use super::*;
+    use crate::rule::{DevType, DeviceRule};
 
     const TPM: DeviceAccess = DeviceAccess {
         major: 253,
@@ -180,7 +181,7 @@ mod tests {
 
     /// Roughly what runc generates for a default container.
     fn runtime_program() -> Vec<Insn> {
-        let rule = |dev_type, major, minor, access| Rule {
+        let rule = |dev_type, major, minor, access| DeviceRule {
             dev_type,
             major,
             minor,
@@ -306,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_program_that_already_allows_the_device_is_left_alone() {
-        let prog = deny_by_default(&[Rule {
+        let prog = deny_by_default(&[DeviceRule {
             dev_type: DevType::Char,
             major: Some(253),
             minor: None,
@@ -316,7 +317,7 @@ mod tests {
         .unwrap();
         assert_eq!(plan(&prog, &TPM).unwrap(), Plan::AlreadyAllowed);
         // Read allowed but not write: must be patched.
-        let read_only = deny_by_default(&[Rule {
+        let read_only = deny_by_default(&[DeviceRule {
             dev_type: DevType::Char,
             major: Some(253),
             minor: None,

@@ -299,24 +299,25 @@ pub fn blind(prog: &[Insn], seed: u32) -> Vec<Insn> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::filter::{deny_by_default, DevType, Rule};
+    use super::super::filter::deny_by_default;
     use super::super::interp::{run, DevCtx};
     use super::super::patch::prepend_allow_block;
     use super::super::{ACC_MKNOD, ACC_READ, ACC_WRITE};
     use super::*;
+    use crate::rule::{DevType, DeviceRule};
     use crate::DeviceAccess;
 
     fn programs() -> Vec<Vec<Insn>> {
         let runtime = deny_by_default(&[
-            Rule {
+            DeviceRule {
                 dev_type: DevType::Char,
                 major: None,
                 minor: None,
                 access: ACC_MKNOD,
                 allow: true,
             },
-            Rule::allow_char(1, 3),
-            Rule {
+            DeviceRule::allow_char(1, 3),
+            DeviceRule {
                 dev_type: DevType::Char,
                 major: Some(136),
                 minor: None,
