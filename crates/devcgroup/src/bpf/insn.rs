@@ -310,6 +310,8 @@ mod tests {
         assert_eq!(insn.code, 0x61);
         assert_eq!((insn.dst(), insn.src(), insn.off, insn.imm), (2, 1, 4, 0));
         if cfg!(target_endian = "little") {
+            // SAFETY: Insn is repr(C), 8 bytes with no padding (code, regs,
+            // off, imm), so every bit pattern of it is a valid [u8; 8].
             let bytes: [u8; 8] = unsafe { std::mem::transmute(insn) };
             assert_eq!(bytes, [0x61, 0x12, 0x04, 0x00, 0, 0, 0, 0]);
         }

@@ -158,6 +158,8 @@ mod tests {
             )
         };
         assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+        // SAFETY: both descriptors were just made by socketpair (checked
+        // above) and are owned by nothing else.
         let [ours, theirs] = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
         (DeviceTransport::from_fd(ours).unwrap(), theirs)
     }
