@@ -128,16 +128,29 @@ fn named(subject: &Subject) -> Named {
     }
 }
 
+/// One event about a container, at `$level`, with the fields every
+/// front-end's events share, then the event's own fields and message.
+macro_rules! container_event {
+    ($level:ident, $front_end:expr, $subject:expr, $($rest:tt)*) => {{
+        let n = named($subject);
+        tracing::$level!(
+            front_end = $front_end,
+            container_id = %n.container_id,
+            pod_namespace = %n.pod_namespace,
+            pod = %n.pod,
+            container = %n.container,
+            $($rest)*
+        );
+    }};
+}
+
 /// A spec-editing front-end (docker wrapper, NRI plugin) put `grant` into
 /// the container's spec; `details` says what it added.
 pub fn granted(front_end: &str, subject: &Subject, grant: &Grant, details: &str) {
-    let n = named(subject);
-    tracing::info!(
+    container_event!(
+        info,
         front_end,
-        container_id = %n.container_id,
-        pod_namespace = %n.pod_namespace,
-        pod = %n.pod,
-        container = %n.container,
+        subject,
         device = %grant.container_path.display(),
         major_minor = %format!("{}:{}", grant.device.major, grant.device.minor),
         details,
@@ -149,28 +162,10 @@ pub fn granted(front_end: &str, subject: &Subject, grant: &Grant, details: &str)
 
 /// A refusal that fails the container.
 pub fn refused(front_end: &str, subject: &Subject, refusal: &Refusal) {
-    let n = named(subject);
-    tracing::error!(
-        front_end,
-        container_id = %n.container_id,
-        pod_namespace = %n.pod_namespace,
-        pod = %n.pod,
-        container = %n.container,
-        "{}",
-        refusal.message()
-    );
+    container_event!(error, front_end, subject, "{}", refusal.message());
 }
 
 /// A refusal with `required=false`: the container starts without a TPM.
 pub fn started_without(front_end: &str, subject: &Subject, refusal: &Refusal) {
-    let n = named(subject);
-    tracing::warn!(
-        front_end,
-        container_id = %n.container_id,
-        pod_namespace = %n.pod_namespace,
-        pod = %n.pod,
-        container = %n.container,
-        "{}",
-        refusal.warning()
-    );
+    container_event!(warn, front_end, subject, "{}", refusal.warning());
 }

@@ -118,6 +118,17 @@ impl Drop for TestCgroup {
     }
 }
 
+/// /dev/zero is refused, then granted; /dev/full stays refused.
+fn grants_zero_and_only_zero(cg: &ContainerCgroup) {
+    assert_eq!(open_in(cg, ZERO, |_| {}), Err(Errno::EPERM));
+    assert_eq!(
+        cg.allow_device(&ZERO_DEV).unwrap().outcome,
+        AllowOutcome::Added
+    );
+    assert_eq!(open_in(cg, ZERO, |_| {}), Ok(()));
+    assert_eq!(open_in(cg, FULL, |_| {}), Err(Errno::EPERM));
+}
+
 fn runtime_program() -> Vec<Insn> {
     deny_by_default(&[DeviceRule::allow_char(1, 3)]).unwrap()
 }
@@ -203,13 +214,7 @@ fn single_program_mode_is_replaced() {
     let t = TestCgroup::new(&mount);
     t.attach(&runtime_program(), 0);
     let cg = ContainerCgroup::v2(&t.child);
-    assert_eq!(open_in(&cg, ZERO, |_| {}), Err(Errno::EPERM));
-    assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap().outcome,
-        AllowOutcome::Added
-    );
-    assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
-    assert_eq!(open_in(&cg, FULL, |_| {}), Err(Errno::EPERM));
+    grants_zero_and_only_zero(&cg);
     let attached = t.attached();
     assert_eq!((attached.ids.len(), attached.flags), (1, 0));
     assert_eq!(
@@ -291,13 +296,7 @@ fn blinded_programs_are_patched() {
         "the kernel blinded the program"
     );
     let cg = ContainerCgroup::v2(&t.child);
-    assert_eq!(open_in(&cg, ZERO, |_| {}), Err(Errno::EPERM));
-    assert_eq!(
-        cg.allow_device(&ZERO_DEV).unwrap().outcome,
-        AllowOutcome::Added
-    );
-    assert_eq!(open_in(&cg, ZERO, |_| {}), Ok(()));
-    assert_eq!(open_in(&cg, FULL, |_| {}), Err(Errno::EPERM));
+    grants_zero_and_only_zero(&cg);
     assert_eq!(
         cg.allow_device(&ZERO_DEV).unwrap().outcome,
         AllowOutcome::AlreadyAllowed

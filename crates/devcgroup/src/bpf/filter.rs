@@ -13,6 +13,30 @@ use super::insn::*;
 use super::{ACC_MKNOD, ACC_READ, ACC_WRITE, DEV_BLOCK, DEV_CHAR};
 use crate::rule::{DevType, DeviceRule};
 
+/// Roughly the rules runc gives a default container: mknod of anything,
+/// the usual character devices, the pseudo-terminals.
+pub fn runc_default_rules() -> Vec<DeviceRule> {
+    let rule = |dev_type, major, minor, access| DeviceRule {
+        dev_type,
+        major,
+        minor,
+        access,
+        allow: true,
+    };
+    let rwm = ACC_READ | ACC_WRITE | ACC_MKNOD;
+    vec![
+        rule(DevType::Char, None, None, ACC_MKNOD),
+        rule(DevType::Block, None, None, ACC_MKNOD),
+        rule(DevType::Char, Some(1), Some(3), rwm), // null
+        rule(DevType::Char, Some(1), Some(8), rwm), // random
+        rule(DevType::Char, Some(1), Some(7), rwm), // full
+        rule(DevType::Char, Some(5), Some(0), rwm), // tty
+        rule(DevType::Char, Some(1), Some(5), rwm), // zero
+        rule(DevType::Char, Some(136), None, ACC_READ | ACC_WRITE), // pts
+        rule(DevType::Char, Some(10), Some(200), rwm), // tun
+    ]
+}
+
 fn imm(what: &str, v: u32) -> Result<i32> {
     // Context fields are loaded zero-extended while jump immediates are
     // sign-extended: only values below 2^31 compare correctly.

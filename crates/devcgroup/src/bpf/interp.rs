@@ -262,23 +262,15 @@ fn alu64(op: u8, a: u64, b: u64) -> Option<u64> {
     })
 }
 
+/// The 32-bit ALU is the 64-bit one on zero-extended operands, truncated,
+/// except that shifts take their count modulo 32 and the arithmetic shift
+/// extends the 32-bit sign.
 fn alu32(op: u8, a: u32, b: u32) -> Option<u32> {
-    Some(match op {
-        ALU_ADD => a.wrapping_add(b),
-        ALU_SUB => a.wrapping_sub(b),
-        ALU_MUL => a.wrapping_mul(b),
-        ALU_DIV => a.checked_div(b).unwrap_or(0),
-        ALU_MOD => a.checked_rem(b).unwrap_or(a),
-        ALU_OR => a | b,
-        ALU_AND => a & b,
-        ALU_XOR => a ^ b,
-        ALU_LSH => a << (b & 31),
-        ALU_RSH => a >> (b & 31),
-        ALU_ARSH => ((a as i32) >> (b & 31)) as u32,
-        ALU_NEG => a.wrapping_neg(),
-        ALU_MOV => b,
-        _ => return None,
-    })
+    match op {
+        ALU_ARSH => Some(((a as i32) >> (b & 31)) as u32),
+        ALU_LSH | ALU_RSH => alu64(op, u64::from(a), u64::from(b & 31)).map(|r| r as u32),
+        _ => alu64(op, u64::from(a), u64::from(b)).map(|r| r as u32),
+    }
 }
 
 fn compare64(op: u8, a: u64, b: u64) -> Option<bool> {
@@ -299,22 +291,15 @@ fn compare64(op: u8, a: u64, b: u64) -> Option<bool> {
     })
 }
 
+/// JMP32 compares the low halves: unsigned as zero-extended, signed as
+/// sign-extended 64-bit values.
 fn compare32(op: u8, a: u32, b: u32) -> Option<bool> {
-    let (sa, sb) = (a as i32, b as i32);
-    Some(match op {
-        JMP_JEQ => a == b,
-        JMP_JNE => a != b,
-        JMP_JGT => a > b,
-        JMP_JGE => a >= b,
-        JMP_JLT => a < b,
-        JMP_JLE => a <= b,
-        JMP_JSET => a & b != 0,
-        JMP_JSGT => sa > sb,
-        JMP_JSGE => sa >= sb,
-        JMP_JSLT => sa < sb,
-        JMP_JSLE => sa <= sb,
-        _ => return None,
-    })
+    match op {
+        JMP_JSGT | JMP_JSGE | JMP_JSLT | JMP_JSLE => {
+            compare64(op, i64::from(a as i32) as u64, i64::from(b as i32) as u64)
+        }
+        _ => compare64(op, u64::from(a), u64::from(b)),
+    }
 }
 
 #[cfg(test)]
@@ -396,6 +381,30 @@ mod tests {
             Insn::exit(),
         ];
         run(&p, &ctx()).unwrap()
+    }
+
+    #[test]
+    fn compare32_looks_at_the_low_halves() {
+        assert_eq!(compare32(JMP_JGT, 0xffff_ffff, 1), Some(true));
+        assert_eq!(compare32(JMP_JSGT, 0xffff_ffff, 1), Some(false)); // -1 > 1
+        assert_eq!(compare32(JMP_JSLT, 0x8000_0000, 0), Some(true));
+        assert_eq!(compare32(JMP_JSET, 6, 4), Some(true));
+        assert_eq!(compare32(JMP_JEQ, 7, 7), Some(true));
+        assert_eq!(compare32(0xf0, 1, 1), None);
+    }
+
+    #[test]
+    fn alu32_truncates_and_masks_shifts() {
+        assert_eq!(alu32(ALU_ADD, u32::MAX, 2), Some(1));
+        assert_eq!(alu32(ALU_SUB, 0, 1), Some(u32::MAX));
+        assert_eq!(alu32(ALU_MUL, 0x8000_0000, 2), Some(0));
+        assert_eq!(alu32(ALU_DIV, 7, 0), Some(0));
+        assert_eq!(alu32(ALU_MOD, 7, 0), Some(7));
+        assert_eq!(alu32(ALU_LSH, 1, 33), Some(2));
+        assert_eq!(alu32(ALU_RSH, 0x8000_0000, 63), Some(1));
+        assert_eq!(alu32(ALU_ARSH, 0x8000_0000, 31), Some(u32::MAX));
+        assert_eq!(alu32(ALU_NEG, 1, 0), Some(u32::MAX));
+        assert_eq!(alu32(0xf0, 1, 1), None);
     }
 
     #[test]

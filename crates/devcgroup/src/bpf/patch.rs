@@ -168,7 +168,7 @@ pub fn plan(prog: &[Insn], dev: &DeviceAccess) -> Result<Plan> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::filter::deny_by_default;
+    use super::super::filter::{deny_by_default, runc_default_rules};
     use super::super::{ACC_MKNOD, DEV_BLOCK};
     use super::*;
     use crate::rule::{DevType, DeviceRule};
@@ -181,25 +181,7 @@ mod tests {
 
     /// Roughly what runc generates for a default container.
     fn runtime_program() -> Vec<Insn> {
-        let rule = |dev_type, major, minor, access| DeviceRule {
-            dev_type,
-            major,
-            minor,
-            access,
-            allow: true,
-        };
-        deny_by_default(&[
-            rule(DevType::Char, None, None, ACC_MKNOD),
-            rule(DevType::Block, None, None, ACC_MKNOD),
-            rule(DevType::Char, Some(1), Some(3), RW | ACC_MKNOD), // null
-            rule(DevType::Char, Some(1), Some(8), RW | ACC_MKNOD), // random
-            rule(DevType::Char, Some(1), Some(7), RW | ACC_MKNOD), // full
-            rule(DevType::Char, Some(5), Some(0), RW | ACC_MKNOD), // tty
-            rule(DevType::Char, Some(1), Some(5), RW | ACC_MKNOD), // zero
-            rule(DevType::Char, Some(136), None, RW),              // pts
-            rule(DevType::Char, Some(10), Some(200), RW | ACC_MKNOD), // tun
-        ])
-        .unwrap()
+        deny_by_default(&runc_default_rules()).unwrap()
     }
 
     /// A spread of accesses around the interesting numbers.

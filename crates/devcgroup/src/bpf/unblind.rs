@@ -299,33 +299,14 @@ pub fn blind(prog: &[Insn], seed: u32) -> Vec<Insn> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::filter::deny_by_default;
+    use super::super::filter::{deny_by_default, runc_default_rules};
     use super::super::interp::{run, DevCtx};
     use super::super::patch::prepend_allow_block;
-    use super::super::{ACC_MKNOD, ACC_READ, ACC_WRITE};
     use super::*;
-    use crate::rule::{DevType, DeviceRule};
     use crate::DeviceAccess;
 
     fn programs() -> Vec<Vec<Insn>> {
-        let runtime = deny_by_default(&[
-            DeviceRule {
-                dev_type: DevType::Char,
-                major: None,
-                minor: None,
-                access: ACC_MKNOD,
-                allow: true,
-            },
-            DeviceRule::allow_char(1, 3),
-            DeviceRule {
-                dev_type: DevType::Char,
-                major: Some(136),
-                minor: None,
-                access: ACC_READ | ACC_WRITE,
-                allow: true,
-            },
-        ])
-        .unwrap();
+        let runtime = deny_by_default(&runc_default_rules()).unwrap();
         let patched = prepend_allow_block(&runtime, &DeviceAccess::new(253, 65536)).unwrap();
         // Backward jump, JMP32, a 64-bit constant and a 32-bit ALU immediate.
         let mut misc = Insn::ld_imm64(R3, 0, 0xdead_beef_0000_0007).to_vec();

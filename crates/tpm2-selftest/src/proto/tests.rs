@@ -10,15 +10,7 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A no-sessions response with a correct size field.
-fn response(code: u32, parameters: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0x8001u16.to_be_bytes());
-    out.extend_from_slice(&((10 + parameters.len()) as u32).to_be_bytes());
-    out.extend_from_slice(&code.to_be_bytes());
-    out.extend_from_slice(parameters);
-    out
-}
+use crate::scripted_transport::response;
 
 #[test]
 fn commands_match_the_documented_bytes() {
