@@ -93,18 +93,23 @@ assert_fails() {
     printf 'ok: failed as expected (exit status %d)\n' "$rc"
 }
 
+# poll_until SECONDS CMD...: poll CMD every half second until it succeeds
+# (status 0) or SECONDS pass (status 1).
+poll_until() {
+    local deadline=$(( $(date +%s) + $1 ))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        [[ $(date +%s) -ge $deadline ]] && return 1
+        sleep 0.5
+    done
+}
+
 # wait_for SECONDS DESCRIPTION CMD...: poll CMD every half second until it
 # succeeds; fail the scenario after SECONDS.
 wait_for() {
-    local secs="$1" what="$2" deadline
+    local secs="$1" what="$2"
     shift 2
-    deadline=$(( $(date +%s) + secs ))
-    until "$@" >/dev/null 2>&1; do
-        if [[ $(date +%s) -ge $deadline ]]; then
-            fail "timed out after ${secs}s waiting for $what"
-        fi
-        sleep 0.5
-    done
+    poll_until "$secs" "$@" || fail "timed out after ${secs}s waiting for $what"
 }
 
 # ---------------------------------------------------------------- cleanup
@@ -188,20 +193,32 @@ device_numbers() {
 
 # add_vtpm: add one more kernel TPM through the vTPM proxy, backed by a fresh
 # swtpm; prints its resource-manager device (e.g. /dev/tpmrm1). The swtpm
-# stops when the scenario exits.
+# stops when the scenario exits. The kernel gives up on a proxy TPM whose
+# start-up commands time out (seen under heavy load: swtpm then logs an I/O
+# error and no tpmrm appears), so a second fresh swtpm gets one more try.
 add_vtpm() {
-    local state before dev
-    modprobe tpm_vtpm_proxy
-    state=$(mktemp -d /run/lab/vtpm.XXXXXX)
-    before=$(ls /dev/tpmrm* 2>/dev/null | sort)
-    start_daemon "swtpm-vtpm-$(basename "$state")" \
-        swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
-    wait_for "$LAB_WAIT" "a new /dev/tpmrm* from the vTPM proxy" \
-        bash -c "[[ \"\$(ls /dev/tpmrm* 2>/dev/null | sort)\" != \"$before\" ]]"
-    dev=$(comm -13 <(printf '%s\n' "$before") <(ls /dev/tpmrm* | sort) | head -n1)
-    # Like a host's udev rules (tpm2-tss): tpmrm* is group tss, mode 0660.
-    wait_for 10 "$dev to appear" test -c "$dev"
-    chgrp tss "$dev" && chmod 0660 "$dev"
+    local state before dev="" attempt
+    # Only the device goes to stdout (callers capture it); what the waits
+    # say, a failure included, goes to stderr so it is seen.
+    {
+        modprobe tpm_vtpm_proxy
+        before=$(ls /dev/tpmrm* 2>/dev/null | sort)
+        for attempt in 1 2; do
+            state=$(mktemp -d /run/lab/vtpm.XXXXXX)
+            start_daemon "swtpm-vtpm-$(basename "$state")" \
+                swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
+            if poll_until $(( LAB_WAIT / 2 )) bash -c "[[ \"\$(ls /dev/tpmrm* 2>/dev/null | sort)\" != \"$before\" ]]"; then
+                dev=$(comm -13 <(printf '%s\n' "$before") <(ls /dev/tpmrm* | sort) | head -n1)
+                break
+            fi
+            note "attempt $attempt: no new /dev/tpmrm* from the vTPM proxy; stopping that swtpm"
+            stop_pid "${LAB_DAEMON_PIDS[-1]}" "swtpm-vtpm-$(basename "$state")"
+        done
+        [[ -n "$dev" ]] || fail "the vTPM proxy gave no new /dev/tpmrm* in two attempts"
+        # Like a host's udev rules (tpm2-tss): tpmrm* is group tss, mode 0660.
+        wait_for 10 "$dev to appear" test -c "$dev"
+        chgrp tss "$dev" && chmod 0660 "$dev"
+    } >&2
     echo "$dev"
 }
 
