@@ -69,7 +69,8 @@ impl HookEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::grant::{decide_for_tests, Grant};
+    use crate::core::decision::decide_for_tests;
+    use crate::core::grant::Grant;
     use std::os::unix::fs::PermissionsExt;
 
     fn grant() -> Grant {

@@ -4,7 +4,7 @@
 //!
 //! Pure but for reading files (policy, sysfs, /etc/group, /proc id maps):
 //! no privileged call, no container is touched. Every front-end decides
-//! through [`grant::decide`].
+//! through [`decision::decide`].
 
 pub mod decision;
 pub mod grant;

@@ -2,7 +2,7 @@
 //! working for the container's own process.
 //!
 //! Order: state → request? (no: return at once) → policy + host validation
-//! (`grant::decide`) → config.json: the process's user, its user namespace,
+//! (`decision::decide`) → config.json: the process's user, its user namespace,
 //! whether it could open the node at all (refused here, before anything
 //! changes) → the node inside the rootfs (refuses what the image planted)
 //! → the device-cgroup rule (unless the spec already allows the device) →
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::core::decision::{Decision, Refusal};
-use crate::core::grant::{self, Grant};
+use crate::core::decision::{decide, Decision, Refusal};
+use crate::core::grant::Grant;
 use crate::core::host::HostRoots;
 use crate::core::identity::{self, NodeOwnership, ProcessIdentity};
 use crate::core::policy::{self, NodeAccess, Policy};
@@ -104,7 +104,7 @@ pub fn run(
         annotations: state.annotations.clone(),
         ..Default::default()
     };
-    let refusal = match grant::decide(&subject, &policy, host) {
+    let refusal = match decide(&subject, &policy, host) {
         Decision::NotRequested => return Ok(HookResult::NotRequested),
         Decision::Refuse(r) => r,
         Decision::Grant(grant) => match deliver(&state, &subject, &grant, started) {

@@ -1,5 +1,5 @@
 //! The ways in: each front-end reads its runtime's input, asks the core
-//! ([`crate::core::grant::decide`]) and expresses the answer in its
+//! ([`crate::core::decision::decide`]) and expresses the answer in its
 //! runtime's terms.
 //!
 //! - [`hook`]: the createRuntime hook (podman, CRI-O through hooks.d; the

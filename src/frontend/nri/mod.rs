@@ -8,7 +8,7 @@
 //!
 //! Layout: [`mux`], [`ttrpc`] and [`proto`] are the transport, [`api`] the
 //! NRI messages, [`stub`] one session of the protocol, [`plugin`] the TPM
-//! logic (a thin layer over [`crate::core::grant::decide`]), [`daemon`] the
+//! logic (a thin layer over [`crate::core::decision::decide`]), [`daemon`] the
 //! process around them.
 
 pub mod api;

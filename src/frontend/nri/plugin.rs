@@ -1,6 +1,6 @@
 //! The TPM plugin: turns a container's request into an NRI adjustment.
 //!
-//! Everything that decides lives in [`crate::core::grant::decide`]; this file only
+//! Everything that decides lives in [`crate::core::decision::decide`]; this file only
 //! reads the NRI messages into a [`Subject`] and writes the [`Grant`] back
 //! as a device, environment and the createRuntime hook that self-tests it.
 
@@ -11,8 +11,8 @@ use tracing::warn;
 use super::api::{self, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, LinuxDevice};
 use super::stub::Plugin;
 use super::ttrpc::{code, Status};
-use crate::core::decision::{Decision, Refusal};
-use crate::core::grant::{decide, Grant};
+use crate::core::decision::{decide, Decision, Refusal};
+use crate::core::grant::Grant;
 use crate::core::hook_entry::HookEntry;
 use crate::core::host::HostRoots;
 use crate::core::policy::Policy;

@@ -4,8 +4,8 @@
 use anyhow::{anyhow, bail, Context};
 
 use super::PREFIX;
-use crate::core::decision::{Decision, Refusal};
-use crate::core::grant::{decide, Grant};
+use crate::core::decision::{decide, Decision, Refusal};
+use crate::core::grant::Grant;
 use crate::core::hook_entry::HookEntry;
 use crate::core::host::HostRoots;
 use crate::core::policy::{resolve_path, Policy};
