@@ -7,6 +7,7 @@
 //! protocol and the device-cgroup grant are libraries of their own
 //! (`tpm2-selftest`, `devcgroup`).
 
+pub mod cli;
 pub mod core;
 pub mod files;
 pub mod frontend;

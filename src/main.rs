@@ -1,77 +1,53 @@
-//! `oci-tpm-hook`: the createRuntime hook (default), and its subcommands.
+//! `oci-tpm-hook`: the createRuntime hook (the default), and its
+//! subcommands (see `oci-tpm-hook --help`, or [`oci_tpm_hook::cli`]).
 //!
-//! ```text
-//! oci-tpm-hook [hook] [--config PATH]       OCI state on stdin (runtimes call this)
-//! oci-tpm-hook selftest [--device PATH] [--level quick|full] [--timeout-ms N] [--json]
-//! oci-tpm-hook nri [--socket PATH] [--config PATH] [--name N] [--index I] [--host-root DIR] [--no-hook]
-//! ```
+//! The hook as runtimes run it (`oci-tpm-hook` or `oci-tpm-hook hook`, no
+//! options) goes straight to [`hook::run`]: every container pays for that
+//! path, so it skips building the command-line parser.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
+use oci_tpm_hook::cli::{self, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::selftest;
-
-const USAGE: &str = "usage:
-  oci-tpm-hook [hook] [--config PATH]     createRuntime hook: OCI state on stdin
-  oci-tpm-hook selftest [--device PATH] [--level quick|full] [--timeout-ms N] [--json]
-  oci-tpm-hook nri [--socket PATH] [--config PATH] [--name N] [--index I] [--host-root DIR] [--no-hook]
-  oci-tpm-hook --version";
+use oci_tpm_hook::frontend::{nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1).peekable();
-    let sub = args
-        .peek()
-        .and_then(|a| a.to_str())
-        .filter(|a| !a.starts_with('-'))
-        .map(str::to_owned);
-    if sub.is_some() {
-        args.next();
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.is_empty() || (args.len() == 1 && args[0] == "hook") {
+        return hook_main(&HookArgs::default());
     }
-    let args: Vec<_> = args.collect();
-    let result = match sub.as_deref() {
-        None | Some("hook") => return hook_main(args),
-        Some("selftest") => selftest::main(args),
-        Some("nri") => nri_main(args),
-        Some(other) => Err(anyhow::anyhow!("unknown subcommand {other:?}\n{USAGE}")),
+    let cli = cli::parse(args);
+    let result = match cli.command {
+        None => return hook_main(&cli.hook),
+        Some(Command::Hook(a)) => return hook_main(&a),
+        Some(Command::Selftest(a)) => selftest::main(&a),
+        Some(Command::Nri(a)) => a
+            .options(std::env::var(nri::daemon::SOCKET_ENV).ok())
+            .and_then(nri::run)
+            .map(|()| ExitCode::SUCCESS),
+        Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("oci-tpm-hook: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    result.unwrap_or_else(|e| {
+        eprintln!("oci-tpm-hook: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
-/// The createRuntime hook: options, then the state on stdin (`hook::run`).
-fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
-    let mut config: Option<PathBuf> =
-        std::env::var_os(oci_tpm_hook::core::policy::PATH_ENV).map(PathBuf::from);
-    let mut parser = lexopt::Parser::from_args(args);
-    loop {
-        match parser.next() {
-            Ok(None) => break,
-            Ok(Some(lexopt::Arg::Long("config"))) => match parser.value() {
-                Ok(v) => config = Some(v.into()),
-                Err(e) => return usage_error(e),
-            },
-            Ok(Some(lexopt::Arg::Long("version"))) => {
-                println!("oci-tpm-hook {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            Ok(Some(other)) => return usage_error(other.unexpected()),
-            Err(e) => return usage_error(e),
-        }
+/// The createRuntime hook: the OCI state on stdin.
+fn hook_main(args: &HookArgs) -> ExitCode {
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "oci-tpm-hook: the hook reads a container's OCI state on stdin, as OCI runtimes pass it; \
+             see oci-tpm-hook --help for the subcommands"
+        );
+        return ExitCode::from(2);
     }
     match hook::run(
         std::io::stdin().lock(),
-        config.as_deref(),
+        args.config.as_deref().map(Path::new),
         &HostRoots::default(),
     ) {
         Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,
@@ -96,23 +72,6 @@ fn hook_main(args: Vec<std::ffi::OsString>) -> ExitCode {
 /// kubelet); crun discards it, so the reason also goes through crun itself.
 fn refuse(message: &str) -> ExitCode {
     eprintln!("oci-tpm-hook: {message}");
-    oci_tpm_hook::frontend::runtime_report::report_through_runtime(message);
+    runtime_report::report_through_runtime(message);
     ExitCode::FAILURE
-}
-
-fn nri_main(args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
-    let args = args
-        .into_iter()
-        .map(|a| {
-            a.into_string()
-                .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))
-        })
-        .collect::<anyhow::Result<Vec<String>>>()?;
-    oci_tpm_hook::frontend::nri::run(&args)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn usage_error(e: lexopt::Error) -> ExitCode {
-    eprintln!("oci-tpm-hook: {e}\n{USAGE}");
-    ExitCode::from(2)
 }

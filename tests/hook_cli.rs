@@ -170,5 +170,76 @@ fn unknown_arguments_are_usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("usage"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Usage:"), "{}", stderr(&out));
+}
+
+fn run_with(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oci-tpm-hook"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Every subcommand answers --help and --version on stdout with exit 0.
+#[test]
+fn help_and_version_like_peers() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["hook", "--help"],
+        &["selftest", "--help"],
+        &["nri", "--help"],
+        &["selftest", "--version"],
+    ] {
+        let out = run_with(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("Usage:") || stdout.starts_with("oci-tpm-hook"),
+            "{args:?}: {stdout}"
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+    }
+    let v = run_with(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!("oci-tpm-hook {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Usage errors exit 2 on stderr, for subcommands too.
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["selftest", "--level", "sometimes"][..],
+        &["nri", "--index", "7"],
+        &["no-such-command"],
+    ] {
+        let out = run_with(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            stderr(&out).contains("error:"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// Run by hand on a terminal, the hook says what it expects instead of
+/// waiting silently for input.
+#[test]
+fn a_bare_hook_on_a_terminal_explains_itself() {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oci-tpm-hook"))
+        .stdin(Stdio::from(std::fs::File::from(pty.slave)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("OCI state on stdin"),
+        "{}",
+        stderr(&out)
+    );
 }

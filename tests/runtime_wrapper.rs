@@ -101,6 +101,28 @@ fn other_subcommands_pass_through_verbatim() {
     }
 }
 
+/// `--version` says who answers first, then the real runtime answers.
+#[test]
+fn version_names_the_wrapper_then_the_runtime() {
+    let s = Setup::new(None);
+    let out = s.run(&["--version"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the runtime ran: {}",
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "oci-tpm-runtime version {} (wrapping ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    assert_eq!(s.runtime_args().unwrap(), ["--version"]);
+}
+
 #[test]
 fn no_request_leaves_config_identical() {
     let s = Setup::new(None);

@@ -2,15 +2,13 @@
 //! health or liveness probe inside a container. One line (or one JSON
 //! object) on stdout; exit 0 when the TPM answered, 1 when it did not.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use lexopt::ValueExt;
-
 use tpm2_selftest::{self as tpm, SelfTestLevel};
+
+use crate::cli::SelftestArgs;
 
 /// Where the device is when `--device` is not given: the TCTI the grant put
 /// into the container's environment, else the first resource manager.
@@ -22,35 +20,16 @@ fn default_device() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/dev/tpmrm0"))
 }
 
-pub fn main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let mut device = None;
-    let mut level = SelfTestLevel::Quick;
-    let mut timeout = Duration::from_secs(5);
-    let mut json = false;
-    let mut p = lexopt::Parser::from_args(args);
-    while let Some(arg) = p.next()? {
-        match arg {
-            lexopt::Arg::Long("device") => device = Some(PathBuf::from(p.value()?)),
-            lexopt::Arg::Long("level") => {
-                let v = p.value()?.string()?;
-                level = v
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--level {v:?}: allowed quick, full"))?;
-                if level == SelfTestLevel::None {
-                    bail!("--level none tests nothing; use quick or full");
-                }
-            }
-            lexopt::Arg::Long("timeout-ms") => {
-                let v: u64 = p.value()?.parse().context("--timeout-ms")?;
-                timeout = Duration::from_millis(v.clamp(1, 120_000));
-            }
-            lexopt::Arg::Long("json") => json = true,
-            other => return Err(other.unexpected().into()),
-        }
-    }
-    let device = device.unwrap_or_else(default_device);
+pub fn main(args: &SelftestArgs) -> anyhow::Result<ExitCode> {
+    let (level, timeout, json) = (
+        SelfTestLevel::from(args.level),
+        Duration::from_millis(args.timeout_ms),
+        args.json,
+    );
+    let device = args.device.clone().unwrap_or_else(default_device);
+    // The transport's own errors name the device already.
     let outcome = tpm::DeviceTransport::open(&device)
-        .with_context(|| format!("cannot open {}", device.display()))
+        .map_err(anyhow::Error::from)
         .and_then(|mut t| tpm::selftest::run(&mut t, level, timeout).map_err(anyhow::Error::from));
     match outcome {
         Ok(report) => {

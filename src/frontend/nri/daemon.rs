@@ -19,40 +19,15 @@ use crate::core::host::HostRoots;
 use crate::core::policy::{self, Policy};
 
 pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
-pub const DEFAULT_NAME: &str = "oci-tpm-hook";
-pub const DEFAULT_INDEX: &str = "10";
 
 /// Set by containerd when it launches a plugin from its plugin directory:
 /// the number of an inherited, already connected socket.
 pub const SOCKET_ENV: &str = "NRI_PLUGIN_SOCKET";
-pub const NAME_ENV: &str = "NRI_PLUGIN_NAME";
-pub const INDEX_ENV: &str = "NRI_PLUGIN_IDX";
 
 /// Reconnect backoff: quick at first (containerd restarts in about a
 /// second), capped so a plugin is back within a few seconds of containerd.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-const USAGE: &str = "\
-usage: oci-tpm-hook nri [--socket PATH] [--name NAME] [--index NN] [--config FILE]
-                       [--host-root DIR] [--no-hook]
-
-Runs the containerd NRI plugin: containers whose pod asks for a TPM
-(annotation oci-tpm-hook/device) get the host's TPM device, its group and
-the createRuntime hook that self-tests it.
-
-  --socket PATH   NRI socket to connect to (default /var/run/nri/nri.sock)
-  --name NAME     plugin name (default oci-tpm-hook)
-  --index NN      two-digit plugin index; lower runs first (default 10)
-  --config FILE   policy file (default $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml)
-  --host-root DIR where the host's /dev, /sys and /etc/group are mounted, when
-                  the plugin runs in a container (default /)
-  --no-hook       grant devices without adding the createRuntime hook (for
-                  runtimes that refuse OCI hook injection: no self-test)
-
-When containerd launches the plugin itself (from /opt/nri/plugins), it
-passes NRI_PLUGIN_SOCKET, NRI_PLUGIN_NAME and NRI_PLUGIN_IDX instead.
-SIGHUP reloads the policy; SIGTERM stops the plugin.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -67,68 +42,9 @@ pub struct Options {
     pub inherited_fd: Option<RawFd>,
 }
 
-/// Reads the command line (after `nri`) and the NRI environment.
-pub fn parse_options(
-    args: &[String],
-    env: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        socket: PathBuf::from(DEFAULT_SOCKET),
-        registration: Registration {
-            name: env(NAME_ENV).unwrap_or_else(|| DEFAULT_NAME.into()),
-            index: env(INDEX_ENV).unwrap_or_else(|| DEFAULT_INDEX.into()),
-        },
-        config: None,
-        inject_hook: true,
-        host_root: None,
-        inherited_fd: None,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-        };
-        match flag {
-            "--socket" => opts.socket = PathBuf::from(value()?),
-            "--name" => opts.registration.name = value()?,
-            "--index" => opts.registration.index = value()?,
-            "--config" => opts.config = Some(PathBuf::from(value()?)),
-            "--host-root" => opts.host_root = Some(PathBuf::from(value()?)),
-            "--no-hook" => opts.inject_hook = false,
-            "-h" | "--help" => bail!("{USAGE}"),
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    let idx = &opts.registration.index;
-    if idx.len() != 2 || !idx.bytes().all(|b| b.is_ascii_digit()) {
-        bail!("plugin index {idx:?} is not two digits (e.g. 10)");
-    }
-    if opts.registration.name.is_empty() {
-        bail!("plugin name is empty");
-    }
-    if let Some(fd) = env(SOCKET_ENV) {
-        let fd: RawFd = fd
-            .trim()
-            .parse()
-            .ok()
-            .filter(|fd| *fd >= 0)
-            .with_context(|| format!("{SOCKET_ENV}={fd:?} is not a file descriptor number"))?;
-        opts.inherited_fd = Some(fd);
-    }
-    Ok(opts)
-}
-
 /// Runs the plugin until SIGTERM (or, when containerd started it, until
 /// containerd goes away).
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse_options(args, |k| std::env::var(k).ok())?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let policy_path = policy::resolve_path(opts.config.as_deref());
     let policy = Policy::load(&policy_path)?;
     crate::log::init(&policy.log, "oci-tpm-hook-nri")?;
@@ -327,87 +243,6 @@ fn wait(signals: &SignalFd, d: Duration, plugin: &mut TpmPlugin) -> bool {
                 }
             }
             Err(_) => {} // EINTR: go round
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn defaults() {
-        let o = parse_options(&[], env(&[])).unwrap();
-        assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET));
-        assert_eq!(o.registration.name, "oci-tpm-hook");
-        assert_eq!(o.registration.index, "10");
-        assert!(o.inject_hook);
-        assert_eq!(o.inherited_fd, None);
-    }
-
-    #[test]
-    fn flags_and_prelaunch_environment() {
-        let o = parse_options(
-            &args(&[
-                "--socket",
-                "/run/x.sock",
-                "--index=20",
-                "--no-hook",
-                "--config",
-                "/etc/p.toml",
-                "--host-root",
-                "/host",
-            ]),
-            env(&[]),
-        )
-        .unwrap();
-        assert_eq!(o.socket, PathBuf::from("/run/x.sock"));
-        assert_eq!(o.registration.index, "20");
-        assert_eq!(o.config, Some(PathBuf::from("/etc/p.toml")));
-        assert_eq!(o.host_root, Some(PathBuf::from("/host")));
-        assert!(!o.inject_hook);
-
-        let o = parse_options(
-            &[],
-            env(&[
-                (SOCKET_ENV, "3"),
-                (NAME_ENV, "oci-tpm-hook"),
-                (INDEX_ENV, "05"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(o.inherited_fd, Some(3));
-        assert_eq!(o.registration.index, "05");
-    }
-
-    #[test]
-    fn bad_options_are_errors() {
-        for (a, e) in [
-            (&["--index", "7"][..], &[][..]),
-            (&["--index", "ab"], &[]),
-            (&["--socket"], &[]),
-            (&["--frobnicate"], &[]),
-            (&["--name", ""], &[]),
-            (&[], &[(SOCKET_ENV, "three")]),
-            (&[], &[(SOCKET_ENV, "-1")]),
-        ] {
-            assert!(
-                parse_options(&args(a), env(e)).is_err(),
-                "accepted {a:?} {e:?}"
-            );
         }
     }
 }

@@ -63,6 +63,16 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    if inv.command.is_none() && args.iter().any(|a| a == "--version" || a == "-v") {
+        // Who answers first, then the real runtime's own lines.
+        println!(
+            "{PREFIX} version {} (wrapping {})",
+            env!("CARGO_PKG_VERSION"),
+            runtime.display()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
     let err = std::process::Command::new(&runtime).args(&args).exec();
     log.error(&format!("cannot execute {}: {err}", runtime.display()));
     // 127/126 as a shell would: not found / not executable.
