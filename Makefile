@@ -1,9 +1,11 @@
 # oci-tpm-hook — build, check and test.
 #
 #   make demo    set up the host, build, boot the lab VM and show a container using its TPM
-#   make test    format check, clippy, unit tests, then every lab scenario (what CI runs)
+#   make test    format check, clippy, generated-code check, unit tests, then every lab
+#                scenario (what CI runs)
 #
 #   make e2e SCENARIO=baseline         one lab scenario (or a space-separated list)
+#   make proto   regenerate the NRI messages from the pinned CRI-O tarball ($LAB_THIRD_PARTY)
 #
 # The lab needs root (mmdebstrap, qemu, swtpm); see README.md, "Development".
 
@@ -11,7 +13,7 @@ CARGO    ?= cargo
 LAB      := tests/lab
 SCENARIO ?=
 
-.PHONY: all build check unit e2e test demo bench deb lab-setup lab-roots lab-clean
+.PHONY: all build check unit proto proto-check e2e test demo bench deb lab-setup lab-roots lab-clean
 
 all: build
 
@@ -21,9 +23,21 @@ build:
 check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p nri-protogen --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test
+
+# The NRI and ttrpc messages (src/frontend/nri/generated/) are generated from
+# the .proto files in the pinned CRI-O tarball, looked for in $LAB_THIRD_PARTY
+# (default ../shared/third_party). proto-check regenerates them into a
+# temporary directory and fails if the checked-in code differs; without the
+# tarball it is skipped with a warning, except under CI=true.
+proto:
+	CARGO="$(CARGO)" tools/nri-protogen/proto.sh write
+
+proto-check:
+	CARGO="$(CARGO)" tools/nri-protogen/proto.sh check
 
 # Host tools for the lab (installs only what is missing, and says what).
 lab-setup:
@@ -40,6 +54,7 @@ e2e: lab-setup build
 # In order, stopping at the first failure.
 test:
 	$(MAKE) check
+	$(MAKE) proto-check
 	$(MAKE) unit
 	$(MAKE) deb
 	$(MAKE) e2e

@@ -85,13 +85,13 @@ impl FakeRuntime {
         let msg = self.recv(mux::RUNTIME_CONN);
         assert_eq!(msg.kind, ttrpc::TYPE_REQUEST);
         assert_eq!(msg.stream_id % 2, 1, "client streams are odd");
-        let req = Request::decode(&msg.payload).unwrap();
+        let req = Request::decode(msg.payload.as_slice()).unwrap();
         assert_eq!(
             (req.service.as_str(), req.method.as_str()),
             ("nri.pkg.api.v1alpha1.Runtime", "RegisterPlugin")
         );
         let resp = match refuse {
-            None => Response::ok(api::Empty.encode()),
+            None => Response::ok(api::Empty {}.encode_to_vec()),
             Some(why) => Response::error(ttrpc::Status::new(3, why)),
         };
         self.send(
@@ -100,10 +100,10 @@ impl FakeRuntime {
                 stream_id: msg.stream_id,
                 kind: ttrpc::TYPE_RESPONSE,
                 flags: 0,
-                payload: resp.encode(),
+                payload: resp.encode_to_vec(),
             },
         );
-        api::RegisterPluginRequest::decode(&req.payload).unwrap()
+        api::RegisterPluginRequest::decode(req.payload.as_slice()).unwrap()
     }
 
     /// Calls a Plugin-service method and returns the plugin's answer.
@@ -123,12 +123,12 @@ impl FakeRuntime {
                 stream_id: id,
                 kind: ttrpc::TYPE_REQUEST,
                 flags: ttrpc::FLAG_REMOTE_CLOSED,
-                payload: req.encode(),
+                payload: req.encode_to_vec(),
             },
         );
         let msg = self.recv(mux::PLUGIN_CONN);
         assert_eq!((msg.kind, msg.stream_id), (ttrpc::TYPE_RESPONSE, id));
-        Response::decode(&msg.payload).unwrap()
+        Response::decode(msg.payload.as_slice()).unwrap()
     }
 
     fn configure_and_sync(&mut self) {
@@ -141,9 +141,9 @@ impl FakeRuntime {
                 request_timeout: 2000,
                 ..Default::default()
             }
-            .encode(),
+            .encode_to_vec(),
         );
-        let events = api::ConfigureResponse::decode(&resp.result().unwrap()).unwrap();
+        let events = api::ConfigureResponse::decode(resp.result().unwrap().as_slice()).unwrap();
         assert_eq!(events.events, 8, "CreateContainer only");
 
         // Synchronize in two parts, as the runtime does for many pods.
@@ -158,16 +158,16 @@ impl FakeRuntime {
                     containers: vec![],
                     more,
                 }
-                .encode(),
+                .encode_to_vec(),
             );
-            let sync = api::SynchronizeResponse::decode(&resp.result().unwrap()).unwrap();
+            let sync = api::SynchronizeResponse::decode(resp.result().unwrap().as_slice()).unwrap();
             assert_eq!(sync.more, more);
         }
     }
 
     fn create(&mut self, pod_annotations: &[(&str, &str)]) -> Response {
         let req = api::CreateContainerRequest {
-            pod: api::PodSandbox {
+            pod: Some(api::PodSandbox {
                 id: "pod1".into(),
                 name: "licence".into(),
                 namespace: "attest".into(),
@@ -176,15 +176,15 @@ impl FakeRuntime {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect::<BTreeMap<_, _>>(),
                 ..Default::default()
-            },
-            container: api::Container {
+            }),
+            container: Some(api::Container {
                 id: "c0ffee0123456789".into(),
                 pod_sandbox_id: "pod1".into(),
                 name: "app".into(),
                 ..Default::default()
-            },
+            }),
         };
-        self.call("CreateContainer", req.encode())
+        self.call("CreateContainer", req.encode_to_vec())
     }
 }
 
@@ -227,7 +227,8 @@ fn full_session() {
 
         // Nothing asked: an empty response.
         let resp = rt.create(&[("io.kubernetes.pod.namespace", "attest")]);
-        let empty = api::CreateContainerResponse::decode(&resp.result().unwrap()).unwrap();
+        let empty =
+            api::CreateContainerResponse::decode(resp.result().unwrap().as_slice()).unwrap();
         assert_eq!(empty.adjust, None);
 
         // Garbage on a channel nobody opened is dropped, the session goes on.
@@ -239,15 +240,19 @@ fn full_session() {
         rt.dribble = true;
         let resp = rt.create(&[("oci-tpm-hook/device", "auto")]);
         rt.dribble = false;
-        let got = api::CreateContainerResponse::decode(&resp.result().unwrap()).unwrap();
+        let got = api::CreateContainerResponse::decode(resp.result().unwrap().as_slice()).unwrap();
         let adjust = got.adjust.expect("an adjustment");
         let dev = &adjust.linux.unwrap().devices[0];
         assert_eq!(
-            (dev.path.as_str(), dev.kind.as_str(), dev.major, dev.minor),
+            (dev.path.as_str(), dev.r#type.as_str(), dev.major, dev.minor),
             ("/dev/tpmrm0", "c", 1, 3)
         );
         assert_eq!(
-            (dev.file_mode, dev.uid, dev.gid),
+            (
+                dev.file_mode.map(|m| m.value),
+                dev.uid.map(|u| u.value),
+                dev.gid.map(|g| g.value)
+            ),
             (Some(0o660), Some(0), Some(102))
         );
         assert_eq!(adjust.env.len(), 2);
@@ -353,10 +358,16 @@ fn synchronize_may_come_late() {
     let runtime = thread::spawn(move || {
         let mut rt = FakeRuntime::new(runtime_end);
         rt.accept_registration(None);
-        let resp = rt.call("Configure", api::ConfigureRequest::default().encode());
+        let resp = rt.call(
+            "Configure",
+            api::ConfigureRequest::default().encode_to_vec(),
+        );
         assert!(resp.result().is_ok());
         thread::sleep(Duration::from_millis(900));
-        let resp = rt.call("Synchronize", api::SynchronizeRequest::default().encode());
+        let resp = rt.call(
+            "Synchronize",
+            api::SynchronizeRequest::default().encode_to_vec(),
+        );
         assert!(resp.result().is_ok());
     });
     assert_eq!(session.run(&mut h.plugin, None).unwrap(), Ended::PeerClosed);

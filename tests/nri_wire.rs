@@ -53,7 +53,7 @@ fn calls(stream: &[u8]) -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .filter(|(conn, m)| *conn == 1 && m.kind == ttrpc::TYPE_REQUEST)
         .map(|(_, m)| {
-            let r = Request::decode(&m.payload).unwrap();
+            let r = Request::decode(m.payload.as_slice()).unwrap();
             assert_eq!(r.service, "nri.pkg.api.v1alpha1.Plugin");
             (r.method, r.payload)
         })
@@ -65,7 +65,7 @@ fn answers(stream: &[u8]) -> Vec<Response> {
     messages(stream)
         .into_iter()
         .filter(|(conn, m)| *conn == 1 && m.kind == ttrpc::TYPE_RESPONSE)
-        .map(|(_, m)| Response::decode(&m.payload).unwrap())
+        .map(|(_, m)| Response::decode(m.payload.as_slice()).unwrap())
         .collect()
 }
 
@@ -79,35 +79,32 @@ fn containerd_calls_decode() {
         "{methods:?}"
     );
 
-    let conf = api::ConfigureRequest::decode(&calls[0].1).unwrap();
+    let conf = api::ConfigureRequest::decode(calls[0].1.as_slice()).unwrap();
     assert_eq!(conf.runtime_name, "containerd");
     assert!(conf.runtime_version.starts_with("1.7.24"), "{conf:?}");
-    let sync = api::SynchronizeRequest::decode(&calls[1].1).unwrap();
+    let sync = api::SynchronizeRequest::decode(calls[1].1.as_slice()).unwrap();
     assert!(!sync.more && sync.pods.is_empty() && sync.containers.is_empty());
 
     // The first pod of the scenario: pod lab/tpm asking for tpmrm0.
-    let create = api::CreateContainerRequest::decode(&calls[2].1).unwrap();
+    let create = api::CreateContainerRequest::decode(calls[2].1.as_slice()).unwrap();
+    let (pod, container) = (create.pod.unwrap(), create.container.unwrap());
+    assert_eq!((pod.name.as_str(), pod.namespace.as_str()), ("tpm", "lab"));
+    assert_eq!(pod.annotations["oci-tpm-hook/device"], "tpmrm0");
+    assert_eq!(container.name, "tpm");
+    assert_eq!(container.pod_sandbox_id, pod.id);
     assert_eq!(
-        (create.pod.name.as_str(), create.pod.namespace.as_str()),
-        ("tpm", "lab")
-    );
-    assert_eq!(create.pod.annotations["oci-tpm-hook/device"], "tpmrm0");
-    assert_eq!(create.container.name, "tpm");
-    assert_eq!(create.container.pod_sandbox_id, create.pod.id);
-    assert_eq!(
-        create.container.annotations["io.kubernetes.cri.container-name"],
+        container.annotations["io.kubernetes.cri.container-name"],
         "tpm"
     );
     assert_eq!(
-        create.container.annotations["io.kubernetes.cri.sandbox-namespace"],
+        container.annotations["io.kubernetes.cri.sandbox-namespace"],
         "lab"
     );
     // Without annotation passthrough, the request is only on the pod.
-    assert!(!create
-        .container
-        .annotations
-        .contains_key("oci-tpm-hook/device"));
-    assert!(create.container.hooks.create_runtime.is_empty());
+    assert!(!container.annotations.contains_key("oci-tpm-hook/device"));
+    // No createRuntime hook: containerd sends no hooks message, or an
+    // empty one.
+    assert!(container.hooks.is_none_or(|h| h.create_runtime.is_empty()));
 }
 
 #[test]
@@ -119,23 +116,28 @@ fn plugin_answers_decode() {
         (*conn, register.kind, register.stream_id),
         (2, ttrpc::TYPE_REQUEST, 1)
     );
-    let r = Request::decode(&register.payload).unwrap();
+    let r = Request::decode(register.payload.as_slice()).unwrap();
     assert_eq!(r.method, "RegisterPlugin");
-    let reg = api::RegisterPluginRequest::decode(&r.payload).unwrap();
+    let reg = api::RegisterPluginRequest::decode(r.payload.as_slice()).unwrap();
     assert_eq!(
         (reg.plugin_name.as_str(), reg.plugin_idx.as_str()),
         ("oci-tpm-hook", "10")
     );
 
     let answers = answers(&stream);
-    let conf = api::ConfigureResponse::decode(&answers[0].clone().result().unwrap()).unwrap();
+    let conf =
+        api::ConfigureResponse::decode(answers[0].clone().result().unwrap().as_slice()).unwrap();
     assert_eq!(conf.events, 8);
-    let grant = api::CreateContainerResponse::decode(&answers[2].clone().result().unwrap())
-        .unwrap()
-        .adjust
-        .unwrap();
+    let grant =
+        api::CreateContainerResponse::decode(answers[2].clone().result().unwrap().as_slice())
+            .unwrap()
+            .adjust
+            .unwrap();
     let dev = &grant.linux.as_ref().unwrap().devices[0];
-    assert_eq!((dev.major, dev.minor, dev.gid), (253, 65536, Some(102)));
+    assert_eq!(
+        (dev.major, dev.minor, dev.gid.map(|g| g.value)),
+        (253, 65536, Some(102))
+    );
     // Refusals travel as a status, with the message containerd shows.
     assert!(answers
         .iter()
@@ -188,10 +190,13 @@ fn replaying_a_reconnect_gives_the_recorded_answers() {
     assert_eq!(want.len(), got.len());
     for (w, g) in want.into_iter().zip(got) {
         let (w, g) = (w.result().unwrap(), g.result().unwrap());
-        match api::CreateContainerResponse::decode(&w) {
+        match api::CreateContainerResponse::decode(w.as_slice()) {
             Ok(api::CreateContainerResponse {
                 adjust: Some(mut a),
+                update,
+                evict,
             }) => {
+                assert!(update.is_empty() && evict.is_empty(), "never updates");
                 let dev = &mut a.linux.as_mut().unwrap().devices[0];
                 assert_eq!((dev.major, dev.minor), (253, 65536));
                 (dev.major, dev.minor) = (1, 3);
@@ -205,8 +210,9 @@ fn replaying_a_reconnect_gives_the_recorded_answers() {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-                let g = api::CreateContainerResponse::decode(&g).unwrap();
+                let g = api::CreateContainerResponse::decode(g.as_slice()).unwrap();
                 assert_eq!(g.adjust, Some(a));
+                assert!(g.update.is_empty() && g.evict.is_empty());
             }
             _ => assert_eq!(w, g),
         }
@@ -223,15 +229,16 @@ fn fail_closed_setup_is_visible_to_the_plugin() {
     let create = calls
         .iter()
         .find(|(m, _)| m == "CreateContainer")
-        .map(|(_, p)| api::CreateContainerRequest::decode(p).unwrap())
+        .map(|(_, p)| api::CreateContainerRequest::decode(p.as_slice()).unwrap())
         .unwrap();
+    let container = create.container.unwrap();
     assert_eq!(
-        create.container.annotations["oci-tpm-hook/device"], "tpmrm0",
+        container.annotations["oci-tpm-hook/device"], "tpmrm0",
         "pod annotation passed through to the container"
     );
-    let hooks = &create.container.hooks.create_runtime;
+    let hooks = &container.hooks.unwrap().create_runtime;
     assert_eq!(hooks.len(), 1);
     assert_eq!(hooks[0].path, "/lab/bin/oci-tpm-hook");
     assert_eq!(hooks[0].args, ["oci-tpm-hook"]);
-    assert_eq!(hooks[0].timeout, Some(15));
+    assert_eq!(hooks[0].timeout.map(|t| t.value), Some(15));
 }

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 
 use tracing::warn;
 
-use super::api::{self, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, LinuxDevice};
+use super::api::{
+    self, Container, ContainerAdjustment, CreateContainerRequest, Hook, Hooks, KeyValue,
+    LinuxContainerAdjustment, LinuxDevice, OptionalFileMode, OptionalInt, OptionalUInt32,
+    PodSandbox,
+};
 use super::stub::Plugin;
 use super::ttrpc::{code, Status};
 use crate::core::decision::{decide, Decision, Refusal};
@@ -54,7 +58,7 @@ impl TpmPlugin {
                 path: entry.path.display().to_string(),
                 args: entry.args,
                 env: entry.env,
-                timeout: entry.timeout.map(|t| t as i64),
+                timeout: entry.timeout.map(|t| OptionalInt { value: t as i64 }),
             })
         } else {
             None
@@ -68,7 +72,7 @@ impl Plugin for TpmPlugin {
         if !req.config.trim().is_empty() {
             warn!("NRI: ignoring the plugin configuration the runtime passed; the policy file is the only configuration");
         }
-        Ok(api::event_mask(api::EVENT_CREATE_CONTAINER))
+        Ok(api::event_mask(api::Event::CreateContainer))
     }
 
     fn create_container(
@@ -78,10 +82,16 @@ impl Plugin for TpmPlugin {
         let Some(subject) = subject(req) else {
             return Ok(None); // the fast path: nothing asked, nothing to do
         };
+        let no_hooks = Hooks::default();
+        let existing = req
+            .container
+            .as_ref()
+            .and_then(|c| c.hooks.as_ref())
+            .unwrap_or(&no_hooks);
         let refusal = match decide(&subject, &self.policy, &self.host) {
             Decision::NotRequested => return Ok(None),
             Decision::Refuse(r) => r,
-            Decision::Grant(grant) => match self.grant(&grant, &req.container.hooks) {
+            Decision::Grant(grant) => match self.grant(&grant, existing) {
                 Ok(adjust) => {
                     let self_test = if self.inject_hook {
                         format!("hook, self-test {}", grant.self_test)
@@ -125,7 +135,10 @@ impl Plugin for TpmPlugin {
 /// request is a pod annotation; containerd may also copy it into the
 /// container's (`pod_annotations` passthrough).
 pub fn subject(req: &CreateContainerRequest) -> Option<Subject> {
-    let (pod, container) = (&req.pod, &req.container);
+    // A message the runtime left out reads as an empty one.
+    let (no_pod, no_container) = (PodSandbox::default(), Container::default());
+    let pod = req.pod.as_ref().unwrap_or(&no_pod);
+    let container = req.container.as_ref().unwrap_or(&no_container);
     if !mentions_us(&pod.annotations) && !mentions_us(&container.annotations) {
         return None;
     }
@@ -173,27 +186,31 @@ pub fn adjustment(grant: &Grant, hook: Option<Hook>, existing: &Hooks) -> Contai
         env: grant
             .env()
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
+            .map(|(k, v)| KeyValue {
+                key: k.to_string(),
+                value: v,
+            })
             .collect(),
         hooks,
-        linux: Some(api::LinuxContainerAdjustment {
+        linux: Some(LinuxContainerAdjustment {
             devices: vec![LinuxDevice {
                 path: grant.container_path.display().to_string(),
-                kind: "c".into(),
+                r#type: "c".into(),
                 major: i64::from(grant.device.major),
                 minor: i64::from(grant.device.minor),
-                file_mode: Some(grant.mode),
-                uid: Some(0),
-                gid: Some(grant.gid),
+                file_mode: Some(OptionalFileMode { value: grant.mode }),
+                uid: Some(OptionalUInt32 { value: 0 }),
+                gid: Some(OptionalUInt32 { value: grant.gid }),
             }],
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::nri::api::{Container, PodSandbox};
     use crate::testing::FakeHost;
     use std::fs;
 
@@ -233,20 +250,20 @@ mod tests {
 
     fn request(pod: &[(&str, &str)], container: &[(&str, &str)]) -> CreateContainerRequest {
         CreateContainerRequest {
-            pod: PodSandbox {
+            pod: Some(PodSandbox {
                 id: "pod0".into(),
                 name: "licence".into(),
                 namespace: "attest".into(),
                 annotations: map(pod),
                 ..Default::default()
-            },
-            container: Container {
+            }),
+            container: Some(Container {
                 id: "0123456789abcdef".into(),
                 pod_sandbox_id: "pod0".into(),
                 name: "app".into(),
                 annotations: map(container),
                 ..Default::default()
-            },
+            }),
         }
     }
 
@@ -274,22 +291,25 @@ mod tests {
             device(&a),
             &LinuxDevice {
                 path: "/dev/tpmrm0".into(),
-                kind: "c".into(),
+                r#type: "c".into(),
                 major: 1,
                 minor: 3,
-                file_mode: Some(0o660),
-                uid: Some(0),
-                gid: Some(102),
+                file_mode: Some(OptionalFileMode { value: 0o660 }),
+                uid: Some(OptionalUInt32 { value: 0 }),
+                gid: Some(OptionalUInt32 { value: 102 }),
             }
         );
         assert_eq!(
             a.env,
             [
-                (
-                    "TPM2TOOLS_TCTI".to_string(),
-                    "device:/dev/tpmrm0".to_string()
-                ),
-                ("TSS2_TCTI".to_string(), "device:/dev/tpmrm0".to_string())
+                KeyValue {
+                    key: "TPM2TOOLS_TCTI".into(),
+                    value: "device:/dev/tpmrm0".into()
+                },
+                KeyValue {
+                    key: "TSS2_TCTI".into(),
+                    value: "device:/dev/tpmrm0".into()
+                }
             ]
         );
         assert_eq!(
@@ -307,7 +327,11 @@ mod tests {
         assert_eq!(h.path, f.hook);
         assert_eq!(h.args, ["oci-tpm-hook"]);
         assert!(h.env.is_empty(), "default policy path: nothing to pass");
-        assert_eq!(h.timeout, Some(10), "5 s self-test + 5 s margin");
+        assert_eq!(
+            h.timeout,
+            Some(OptionalInt { value: 10 }),
+            "5 s self-test + 5 s margin"
+        );
         assert!(hooks.prestart.is_empty() && hooks.poststop.is_empty());
     }
 
@@ -391,7 +415,9 @@ mod tests {
         let mut f = fixture();
         let mut req = request(&[("oci-tpm-hook/device", "tpmrm0")], &[]);
         // Already there from the base runtime spec (the fail-closed setup).
-        req.container.hooks.create_runtime.push(Hook {
+        let container = req.container.as_mut().unwrap();
+        let hooks = container.hooks.get_or_insert_with(Hooks::default);
+        hooks.create_runtime.push(Hook {
             path: f.hook.clone(),
             args: vec!["oci-tpm-hook".into()],
             ..Default::default()
@@ -404,7 +430,7 @@ mod tests {
         f.plugin.inject_hook = false;
         let a = f.plugin.create_container(&req).unwrap().unwrap();
         assert_eq!(a.hooks, None);
-        assert_eq!(device(&a).gid, Some(102));
+        assert_eq!(device(&a).gid, Some(OptionalUInt32 { value: 102 }));
 
         // No hook binary: nothing unproven is granted; the container fails,
         // or with required=false starts without a TPM.
@@ -436,7 +462,11 @@ mod tests {
         let a = f.plugin.create_container(&req).unwrap().unwrap();
         let h = &a.hooks.unwrap().create_runtime[0];
         assert_eq!(h.env, ["OCI_TPM_HOOK_CONFIG=/etc/tpm/policy.toml"]);
-        assert_eq!(h.timeout, Some(18), "12.5 s rounded up + 5 s");
+        assert_eq!(
+            h.timeout,
+            Some(OptionalInt { value: 18 }),
+            "12.5 s rounded up + 5 s"
+        );
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Session {
                 plugin_name: s.reg.name.clone(),
                 plugin_idx: s.reg.index.clone(),
             }
-            .encode(),
+            .encode_to_vec(),
             timeout_nano: REGISTRATION_TIMEOUT.as_nanos() as i64,
             metadata: Vec::new(),
         };
@@ -124,7 +124,7 @@ impl Session {
                 stream_id: REGISTER_STREAM,
                 kind: ttrpc::TYPE_REQUEST,
                 flags: ttrpc::FLAG_REMOTE_CLOSED,
-                payload: req.encode(),
+                payload: req.encode_to_vec(),
             },
         )
         .context("cannot send RegisterPlugin")?;
@@ -256,7 +256,8 @@ impl Session {
             );
             return Ok(());
         }
-        let resp = Response::decode(&msg.payload).context("bad RegisterPlugin response")?;
+        let resp =
+            Response::decode(msg.payload.as_slice()).context("bad RegisterPlugin response")?;
         match resp.result() {
             Ok(_) => {
                 if self.state == State::Registering {
@@ -293,7 +294,7 @@ impl Session {
                 "streaming calls are not supported",
             ))
         } else {
-            match Request::decode(&msg.payload) {
+            match Request::decode(msg.payload.as_slice()) {
                 Ok(req) => self.dispatch(&req, plugin),
                 Err(e) => Response::error(Status::new(code::INVALID_ARGUMENT, e.to_string())),
             }
@@ -304,7 +305,7 @@ impl Session {
                 stream_id: id,
                 kind: ttrpc::TYPE_RESPONSE,
                 flags: 0,
-                payload: response.encode(),
+                payload: response.encode_to_vec(),
             },
         )
         .context("cannot answer the runtime")
@@ -317,28 +318,39 @@ impl Session {
         let result = match req.method.as_str() {
             "Configure" => decode(req).and_then(|r: api::ConfigureRequest| {
                 self.on_configure(&r, plugin)
-                    .map(|events| api::ConfigureResponse { events }.encode())
+                    .map(|events| api::ConfigureResponse { events }.encode_to_vec())
             }),
             "Synchronize" => decode(req).map(|r: api::SynchronizeRequest| {
                 self.on_synchronize(&r);
-                api::SynchronizeResponse { more: r.more }.encode()
+                api::SynchronizeResponse {
+                    more: r.more,
+                    ..Default::default()
+                }
+                .encode_to_vec()
             }),
             "CreateContainer" => decode(req).and_then(|r: api::CreateContainerRequest| {
                 let started = Instant::now();
                 let result = plugin.create_container(&r);
                 let took = started.elapsed();
-                debug!(container = %r.container.id, "NRI: CreateContainer answered in {took:?}");
+                let id = r.container.as_ref().map_or("", |c| c.id.as_str());
+                debug!(container = %id, "NRI: CreateContainer answered in {took:?}");
                 if took > self.request_timeout / 2 {
                     warn!(
-                        "NRI: CreateContainer for {} took {took:?}, the runtime allows {:?}",
-                        r.container.id, self.request_timeout
+                        "NRI: CreateContainer for {id} took {took:?}, the runtime allows {:?}",
+                        self.request_timeout
                     );
                 }
-                result.map(|adjust| api::CreateContainerResponse { adjust }.encode())
+                result.map(|adjust| {
+                    api::CreateContainerResponse {
+                        adjust,
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                })
             }),
             "Shutdown" => {
                 info!("NRI: the runtime is shutting down");
-                Ok(api::Empty.encode())
+                Ok(api::Empty {}.encode_to_vec())
             }
             _ => return unimplemented(req),
         };
@@ -404,8 +416,8 @@ impl Session {
     }
 }
 
-fn decode<M: Message>(req: &Request) -> Result<M, Status> {
-    M::decode(&req.payload).map_err(|e| {
+fn decode<M: Message + Default>(req: &Request) -> Result<M, Status> {
+    M::decode(req.payload.as_slice()).map_err(|e| {
         Status::new(
             code::INVALID_ARGUMENT,
             format!("{}.{}: {e}", req.service, req.method),

@@ -5,10 +5,13 @@
 //! unary call is one Request message on a new odd stream id (client-chosen,
 //! increasing) answered by one Response message on the same id. NRI uses
 //! unary calls only; a streaming call is answered with "unimplemented".
+//!
+//! The framing (the header and a decoder that reassembles messages) is
+//! written here: the `ttrpc` crate, the only one that speaks this protocol,
+//! brings rust-protobuf and its own transport, and neither fits NRI's
+//! multiplexed socket. The messages inside the frames are prost's.
 
 use std::fmt;
-
-use super::proto::{DecodeError, Reader, Writer};
 
 pub const HEADER_LEN: usize = 10;
 /// The largest payload ttrpc accepts (4 MiB).
@@ -112,53 +115,29 @@ impl Decoder {
     }
 }
 
-/// ttrpc's Request: which method, and its protobuf-encoded argument.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Request {
-    pub service: String,
-    pub method: String,
-    pub payload: Vec<u8>,
-    pub timeout_nano: i64,
-    pub metadata: Vec<(String, String)>,
+mod generated {
+    include!("generated/ttrpc.rs");
 }
 
-impl Request {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.string(1, &self.service);
-        w.string(2, &self.method);
-        w.bytes(3, &self.payload);
-        w.int64(4, self.timeout_nano);
-        for (k, v) in &self.metadata {
-            let mut kv = Writer::new();
-            kv.string(1, k);
-            kv.string(2, v);
-            w.message(5, &kv.finish());
-        }
-        w.finish()
-    }
+/// ttrpc's Request (which method, and its protobuf-encoded argument),
+/// Response (a status, absent = OK, and the result message), KeyValue and
+/// StringList,
+/// generated with prost from ttrpc's `request.proto` (see
+/// `generated/ttrpc.rs`).
+pub use generated::*;
 
-    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(buf);
-        let mut req = Self::default();
-        while let Some((f, v)) = r.next_field()? {
-            match f {
-                1 => req.service = v.as_string(f)?,
-                2 => req.method = v.as_string(f)?,
-                3 => req.payload = v.as_bytes(f)?.to_vec(),
-                4 => req.timeout_nano = v.as_i64(f)?,
-                5 => req.metadata.push(super::proto::map_entry(v.as_bytes(f)?)?),
-                _ => {}
-            }
-        }
-        Ok(req)
-    }
-}
-
-/// google.rpc.Status, without the details (nothing here needs them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The status of a failed call: `google.rpc.Status`, which ttrpc's
+/// `request.proto` imports as `proto/status.proto`. That file is not among
+/// the pinned sources (only its Go bindings are), so this one message is
+/// written here, with prost's derives, from the field numbers of those
+/// bindings (`code` = 1, `message` = 2). Its `details` (3, a list of
+/// `google.protobuf.Any`) are left out: nothing here sends or reads them,
+/// and decoding skips them.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct Status {
+    #[prost(int32, tag = "1")]
     pub code: i32,
+    #[prost(string, tag = "2")]
     pub message: String,
 }
 
@@ -169,39 +148,12 @@ impl Status {
             message: message.into(),
         }
     }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.int32(1, self.code);
-        w.string(2, &self.message);
-        w.finish()
-    }
-
-    fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(buf);
-        let mut s = Self::default();
-        while let Some((f, v)) = r.next_field()? {
-            match f {
-                1 => s.code = v.as_i32(f)?,
-                2 => s.message = v.as_string(f)?,
-                _ => {}
-            }
-        }
-        Ok(s)
-    }
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "code {}: {}", self.code, self.message)
     }
-}
-
-/// ttrpc's Response: a status (absent = OK) and the result message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Response {
-    pub status: Option<Status>,
-    pub payload: Vec<u8>,
 }
 
 impl Response {
@@ -226,32 +178,12 @@ impl Response {
             _ => Ok(self.payload),
         }
     }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        if let Some(s) = &self.status {
-            w.message(1, &s.encode());
-        }
-        w.bytes(2, &self.payload);
-        w.finish()
-    }
-
-    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(buf);
-        let mut resp = Self::default();
-        while let Some((f, v)) = r.next_field()? {
-            match f {
-                1 => resp.status = Some(Status::decode(v.as_bytes(f)?)?),
-                2 => resp.payload = v.as_bytes(f)?.to_vec(),
-                _ => {}
-            }
-        }
-        Ok(resp)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
 
     #[test]
@@ -312,19 +244,55 @@ mod tests {
             method: "RegisterPlugin".into(),
             payload: vec![0x0a, 0x01, b'x'],
             timeout_nano: 5_000_000_000,
-            metadata: vec![("k".into(), "v".into())],
+            metadata: vec![KeyValue {
+                key: "k".into(),
+                value: "v".into(),
+            }],
         };
-        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Request::decode(r.encode_to_vec().as_slice()).unwrap(), r);
+    }
+
+    #[test]
+    fn request_field_numbers_match_request_proto() {
+        let r = Request {
+            service: "s".into(),
+            method: "m".into(),
+            payload: vec![7],
+            timeout_nano: 1,
+            metadata: vec![KeyValue::default()],
+        };
+        assert_eq!(
+            r.encode_to_vec(),
+            [0x0a, 1, b's', 0x12, 1, b'm', 0x1a, 1, 7, 0x20, 1, 0x2a, 0],
+            "service = 1, method = 2, payload = 3, timeout_nano = 4, metadata = 5"
+        );
+    }
+
+    #[test]
+    fn status_field_numbers_match_google_rpc_status() {
+        let s = Status::new(code::FAILED_PRECONDITION, "x");
+        // code = 1 (varint 9), message = 2; inside Response.status = 1.
+        assert_eq!(s.encode_to_vec(), [0x08, 9, 0x12, 1, b'x']);
+        assert_eq!(
+            Response::error(s).encode_to_vec(),
+            [0x0a, 5, 0x08, 9, 0x12, 1, b'x']
+        );
+        // details (3, google.protobuf.Any) from a Go peer are skipped.
+        let with_details = [0x08, 9, 0x1a, 2, 0x0a, 0];
+        assert_eq!(
+            Status::decode(&with_details[..]).unwrap(),
+            Status::new(code::FAILED_PRECONDITION, "")
+        );
     }
 
     #[test]
     fn response_round_trip_and_result() {
         let ok = Response::ok(vec![0x10, 0x08]);
-        assert_eq!(Response::decode(&ok.encode()).unwrap(), ok);
+        assert_eq!(Response::decode(ok.encode_to_vec().as_slice()).unwrap(), ok);
         assert_eq!(ok.result().unwrap(), [0x10, 0x08]);
 
         let bad = Response::error(Status::new(code::FAILED_PRECONDITION, "no TPM"));
-        let decoded = Response::decode(&bad.encode()).unwrap();
+        let decoded = Response::decode(bad.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, bad);
         assert_eq!(decoded.result().unwrap_err().message, "no TPM");
 
