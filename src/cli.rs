@@ -45,6 +45,8 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// The NRI plugin for containerd (1.7 and later) and CRI-O (1.26 and later)
     Nri(NriArgs),
+    /// Check this host: TPM, device nodes, group, policy, and each container engine; each failure with its fix
+    Doctor(DoctorArgs),
     /// Write shell completions and man pages (for packaging)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -114,6 +116,16 @@ pub struct NriArgs {
     /// Grant devices without adding the createRuntime hook (for runtimes that refuse hook injection: no self-test)
     #[arg(long)]
     pub no_hook: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// One JSON object instead of the table
+    #[arg(long)]
+    pub json: bool,
+    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -334,6 +346,7 @@ mod tests {
             "oci-tpm-hook.1",
             "oci-tpm-hook-selftest.1",
             "oci-tpm-hook-nri.1",
+            "oci-tpm-hook-doctor.1",
             "oci-tpm-runtime.1",
         ] {
             let text = std::fs::read_to_string(dir.path().join("man").join(page)).unwrap();

@@ -6,8 +6,10 @@
 //!   other front-ends add it to the spec for the self-test);
 //! - [`runtime_wrapper`]: `oci-tpm-runtime`, a runc wrapper for docker;
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
-//! - [`selftest`]: a TPM health probe.
+//! - [`selftest`]: a TPM health probe;
+//! - [`doctor`]: the host checked, each failure with its fix.
 
+pub mod doctor;
 pub mod hook;
 pub mod nri;
 pub mod runtime_report;
