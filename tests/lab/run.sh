@@ -165,8 +165,11 @@ choose_memory() {
     local name
     [[ -z "$LAB_MEMORY_SET" ]] || return 0
     for name in "${SCENARIOS[@]}"; do
-        scenario_fixtures "$name" | grep -qx cluster && { LAB_MEMORY=4G; return 0; }
+        if scenario_fixtures "$name" | grep -qx cluster; then
+            LAB_MEMORY=4G
+        fi
     done
+    return 0
 }
 
 # ---------------------------------------------------------------- run dir
