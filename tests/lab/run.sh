@@ -13,7 +13,7 @@
 # Settings (environment): LAB_MEMORY (3G; 4G when a scenario needs the
 # cluster), LAB_CPUS (1), LAB_BOOT_TIMEOUT (600 s until the guest starts the
 # first scenario), LAB_SCENARIO_TIMEOUT (900 s per scenario),
-# LAB_FIXTURE_TIMEOUT (1200 s for a fixture to start), LAB_CACHE, LAB_MIRROR,
+# LAB_FIXTURE_TIMEOUT (2400 s for a fixture to start), LAB_CACHE, LAB_MIRROR,
 # LAB_THIRD_PARTY (where the CRI-O and Kubernetes source tarballs are).
 #
 # A scenario's header may say what it needs: "# lab: needs third-party" (the
@@ -32,7 +32,7 @@ LAB_MEMORY="${LAB_MEMORY:-3G}"
 LAB_CPUS="${LAB_CPUS:-1}"
 LAB_BOOT_TIMEOUT="${LAB_BOOT_TIMEOUT:-600}"
 LAB_SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
-LAB_FIXTURE_TIMEOUT="${LAB_FIXTURE_TIMEOUT:-1200}"
+LAB_FIXTURE_TIMEOUT="${LAB_FIXTURE_TIMEOUT:-2400}"
 FIXTURE_DIR="$LAB_DIR/guest/fixtures"
 # LAB_SCENARIO_DIR (relative to the repository) runs scripts from elsewhere,
 # e.g. the benchmarks in tests/bench/lab.

@@ -20,7 +20,7 @@ LAB_OUT=/lab/out
 SCENARIO_DIR="$LAB_REPO/${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
 SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
 FIXTURE_DIR="$LAB_REPO/tests/lab/guest/fixtures"
-FIXTURE_TIMEOUT="${LAB_FIXTURE_TIMEOUT:-1200}"
+FIXTURE_TIMEOUT="${LAB_FIXTURE_TIMEOUT:-2400}"
 declare -A FIXTURE_STATE=()     # name -> up | failed
 
 log() { printf '[lab guest] %s\n' "$*"; }
