@@ -150,8 +150,6 @@ check_workloads() {
         printf '%s: %s\n' "$pod" "$outcome"
         if [[ "$outcome" == refused:*"may not ask for a TPM"* ]]; then
             echo "ok: $runtime: $pod is refused"
-        elif [[ "$runtime" == crio && "$pod" != spoof-pod-key ]]; then
-            known_gap "$runtime: $pod was not refused ($outcome)"
         else
             fail "$runtime: $pod was not refused ($outcome)"
         fi

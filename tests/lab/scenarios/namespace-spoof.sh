@@ -15,10 +15,9 @@
 #    io.kubernetes.cri.* keys (sandbox-namespace, sandbox-name, ...).
 #    io.kubernetes.pod.namespace is never set by containerd.
 # For each engine this dumps the spec annotations of a spoofing pod and
-# asserts that spoofing pods asking for a TPM are refused. The CRI-O +
-# hooks directory assertions are a KNOWN GAP (the hook reads containerd's
-# key first, whatever the engine): reported as "FAIL (known gap)", and the
-# scenario fails, until the core reads the engine's own key.
+# asserts that spoofing pods asking for a TPM are refused: the policy
+# admits a pod only when every namespace key present is allowed (the
+# engine's own key is always among them) and none is empty.
 # lab: needs third-party
 # lab: timeout 1800
 set -euo pipefail
@@ -61,19 +60,16 @@ namespace_annotations() {
     jq -c --arg re "^($NS_KEYS)\$" '.annotations | with_entries(select(.key | test($re)))' <<<"$1"
 }
 
-# expect_refused ENGINE WHAT KNOWN_GAP POD CRI_RUN_ARGS...: the pod must not
-# get a TPM. With KNOWN_GAP=yes a pass is reported as a known gap instead of
-# ending the scenario.
+# expect_refused ENGINE WHAT POD CRI_RUN_ARGS...: the pod must not get a
+# TPM, and the output must say the policy's reason.
 expect_refused() {
-    local engine="$1" what="$2" gap="$3" rc=0 out
-    shift 3
+    local engine="$1" what="$2" rc=0 out
+    shift 2
     printf '+ other %s\n' "$*"
     out=$(other "$@" 2>&1) || rc=$?
     printf '%s\n' "$out"
     if [[ $rc -ne 0 && "$out" == *"may not ask for a TPM"* && "$out" != *"random:"* ]]; then
         printf 'ok: %s: %s is refused, with the reason\n' "$engine" "$what"
-    elif [[ $gap == yes ]]; then
-        known_gap "$engine: $what was not refused (exit $rc): it $([[ "$out" == *"random: "* ]] && echo "read the TPM" || echo "failed otherwise")"
     else
         fail "$engine: $what was not refused with the policy's reason (exit $rc)"
     fi
@@ -110,19 +106,19 @@ assert_eq tpm-demo "$(jq -r '.annotations["io.kubernetes.cri-o.Namespace"]' <<<"
 cri_remove_all "$CRIO_SOCKET" >/dev/null 2>&1 || true
 
 step "CRI-O: an honest pod in tpm-other asking for the TPM is refused"
-expect_refused CRI-O "an honest pod in tpm-other" no honest --runtime-handler runc \
+expect_refused CRI-O "an honest pod in tpm-other" honest --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 -- sh -c "$probe"
 
 step "CRI-O: a pod that sets io.kubernetes.pod.namespace=tpm-demo is refused (CRI-O overwrites that key)"
-expect_refused CRI-O "a pod claiming io.kubernetes.pod.namespace=tpm-demo" no spoof-pod-key --runtime-handler runc \
+expect_refused CRI-O "a pod claiming io.kubernetes.pod.namespace=tpm-demo" spoof-pod-key --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.pod.namespace=tpm-demo -- sh -c "$probe"
 
 step "CRI-O: a pod that sets io.kubernetes.cri.sandbox-namespace=tpm-demo must be refused (KNOWN GAP)"
-expect_refused CRI-O "a pod claiming io.kubernetes.cri.sandbox-namespace=tpm-demo" yes spoof-cri-key --runtime-handler runc \
+expect_refused CRI-O "a pod claiming io.kubernetes.cri.sandbox-namespace=tpm-demo" spoof-cri-key --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.cri.sandbox-namespace=tpm-demo -- sh -c "$probe"
 
 step "CRI-O: a pod that sets io.kubernetes.cri.sandbox-namespace to empty must be refused (KNOWN GAP)"
-expect_refused CRI-O "a pod with an empty io.kubernetes.cri.sandbox-namespace" yes spoof-empty-cri-key --runtime-handler runc \
+expect_refused CRI-O "a pod with an empty io.kubernetes.cri.sandbox-namespace" spoof-empty-cri-key --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.cri.sandbox-namespace= -- sh -c "$probe"
 
 stop_daemon crio
@@ -160,11 +156,11 @@ assert_eq tpm-other "$(jq -r '.annotations["io.kubernetes.cri.sandbox-namespace"
 cri_remove_all "$CONTAINERD_SOCKET" >/dev/null 2>&1 || true
 
 step "containerd + NRI: spoofing pods asking for the TPM are refused"
-expect_refused containerd "an honest pod in tpm-other" no honest \
+expect_refused containerd "an honest pod in tpm-other" honest \
     --pod-annotation oci-tpm-hook/device=tpmrm0 -- sh -c "$probe"
-expect_refused containerd "a pod claiming io.kubernetes.cri.sandbox-namespace=tpm-demo" no spoof-cri-key \
+expect_refused containerd "a pod claiming io.kubernetes.cri.sandbox-namespace=tpm-demo" spoof-cri-key \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.cri.sandbox-namespace=tpm-demo -- sh -c "$probe"
-expect_refused containerd "a pod with an empty io.kubernetes.cri.sandbox-namespace" no spoof-empty-cri-key \
+expect_refused containerd "a pod with an empty io.kubernetes.cri.sandbox-namespace" spoof-empty-cri-key \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.cri.sandbox-namespace= -- sh -c "$probe"
-expect_refused containerd "a pod claiming io.kubernetes.pod.namespace=tpm-demo" no spoof-pod-key \
+expect_refused containerd "a pod claiming io.kubernetes.pod.namespace=tpm-demo" spoof-pod-key \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.pod.namespace=tpm-demo -- sh -c "$probe"
