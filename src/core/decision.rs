@@ -75,6 +75,11 @@ impl fmt::Display for Refusal {
 /// Request → policy → host: what to do with the container.
 pub fn decide(subject: &Subject, policy: &Policy, host: &HostRoots) -> Decision {
     let who = subject.describe();
+    if subject.requester().is_sandbox {
+        // A pod's infra container carries the pod's annotations under CRI-O
+        // but never uses a TPM.
+        return Decision::NotRequested;
+    }
     let request = match request::parse(&subject.annotations, subject.container_name.as_deref()) {
         Ok(Some(r)) => r,
         Ok(None) => return Decision::NotRequested,
@@ -171,6 +176,26 @@ mod tests {
         match d {
             Decision::Refuse(r) => (r.fails_container(), r.message()),
             other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn infra_containers_get_nothing() {
+        let host = FakeHost::with_tpm();
+        for key in [
+            "io.kubernetes.cri.container-type",
+            "io.kubernetes.cri-o.ContainerType",
+        ] {
+            let s = subject(&[("oci-tpm-hook/device", "tpmrm0"), (key, "sandbox")]);
+            assert!(matches!(
+                decide(&s, &Policy::default(), &host.roots),
+                Decision::NotRequested
+            ));
+            let app = subject(&[("oci-tpm-hook/device", "tpmrm0"), (key, "container")]);
+            assert!(matches!(
+                decide(&app, &Policy::default(), &host.roots),
+                Decision::Grant(_)
+            ));
         }
     }
 

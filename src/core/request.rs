@@ -32,6 +32,11 @@ pub const POD_NAMESPACE_KEYS: [&str; 3] = [
     "io.kubernetes.cri-o.Namespace",
 ];
 const POD_NAME_KEYS: [&str; 2] = ["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"];
+/// Whether a container is a pod's infra container: containerd, then CRI-O.
+const CONTAINER_TYPE_KEYS: [&str; 2] = [
+    "io.kubernetes.cri.container-type",
+    "io.kubernetes.cri-o.ContainerType",
+];
 
 /// Which host TPM the container asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,9 @@ pub struct Requester {
     /// so the engine's key is always true and a pod can only add others:
     /// the policy admits a container only when every claim is allowed.
     pub namespace_claims: Vec<(String, String)>,
+    /// A pod's infra ("pause") container: CRI-O copies the pod's
+    /// annotations into its spec too, but it runs nothing that needs a TPM.
+    pub is_sandbox: bool,
 }
 
 impl Requester {
@@ -93,6 +101,9 @@ impl Requester {
                 .iter()
                 .filter_map(|k| Some((k.to_string(), annotations.get(*k)?.clone())))
                 .collect(),
+            is_sandbox: CONTAINER_TYPE_KEYS
+                .iter()
+                .any(|k| annotations.get(*k).is_some_and(|v| v == "sandbox")),
         }
     }
 }
