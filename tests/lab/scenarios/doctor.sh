@@ -4,6 +4,7 @@
 # file removed, docker's runtime unregistered, containerd's NRI off, the tss
 # group gone, /dev/tpm0 held open, the TPM's driver unbound — and each is
 # reported with its fix (exit 1 for failures), and healthy again once mended.
+# lab: run-last (it unbinds and rebinds the guest's TPM driver)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
@@ -88,6 +89,8 @@ wait_for 30 "/sys/class/tpm/tpm0 to go" bash -c '! test -e /sys/class/tpm/tpm0'
 expect tpm fail "/bind"
 assert_contains "$("${DOCTOR[@]}" || true)" "no driver is bound to it: $dev_name" "the table names the device"
 echo "$dev_name" >"$driver_dir/bind"
+wait_for 120 "the TPM's resource manager to come back" bash -c 'ls /sys/class/tpmrm/ | grep -q .'
+note "after the rebind: $(ls /sys/class/tpm /sys/class/tpmrm | tr '\n' ' '); /dev: $(ls /dev | grep tpm | tr '\n' ' ')"
 wait_for 60 "/dev/tpmrm0 to come back" test -c /dev/tpmrm0
 # As the host's udev rules (tpm2-tss) would, should udev be slower than us.
 chgrp tss /dev/tpmrm0 && chmod 0660 /dev/tpmrm0
