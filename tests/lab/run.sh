@@ -14,7 +14,16 @@
 # cluster), LAB_CPUS (1), LAB_BOOT_TIMEOUT (600 s until the guest starts the
 # first scenario), LAB_SCENARIO_TIMEOUT (900 s per scenario),
 # LAB_FIXTURE_TIMEOUT (2400 s for a fixture to start), LAB_CACHE, LAB_MIRROR,
-# LAB_THIRD_PARTY (where the CRI-O and Kubernetes source tarballs are).
+# LAB_THIRD_PARTY (where the CRI-O and Kubernetes source tarballs are),
+# LAB_GUESTS (guests booted side by side, each with one vCPU and its own
+# swtpm; default: 2 on a host with two or more cores, else 1).
+#
+# With two guests the scenarios are split so that both finish at about the
+# same time: a scenario's header may give its usual duration in seconds
+# ("# lab: cost N"; 200 when absent), the scenarios sharing a fixture stay
+# in one guest (the fixture boots once), and scenarios marked run-last are
+# spread over the guests. Each guest's output is printed whole at the end,
+# with a progress line per scenario while they run.
 #
 # A scenario's header may say what it needs: "# lab: needs third-party" (the
 # CRI-O and Kubernetes binaries, built on the host from pinned sources by
@@ -102,16 +111,35 @@ scenario_needs_third_party() {
     return 1
 }
 
+# run_last_rank NAME: 0 for a plain scenario; N for "# lab: run-last N"
+# (1 when N is absent). Among run-last scenarios the higher rank runs later:
+# one that unbinds the TPM's driver goes after one that only mounts cgroup v1.
+run_last_rank() {
+    local line
+    line=$(grep -m1 '^# lab: run-last' "$SCENARIO_DIR/$1.sh" || true)
+    [[ -n "$line" ]] || { echo 0; return; }
+    line=${line#\# lab: run-last}
+    [[ "$line" =~ ^[[:space:]]+([0-9]+) ]] && { echo "${BASH_REMATCH[1]}"; return; }
+    echo 1
+}
+
+# cost_of FILE: its "# lab: cost N" (seconds), 200 when it says nothing.
+cost_of() {
+    local n
+    n=$(sed -n 's/^# lab: cost \([0-9][0-9]*\).*/\1/p' "$1" | head -n1)
+    echo "${n:-200}"
+}
+
 # Order: plain scenarios; then those that need a fixture, grouped by fixture
 # (so each fixture is up once, and gone before the scenarios after it); then
 # those marked "# lab: run-last" (they change the guest for good, e.g. mount
-# cgroup v1 controllers).
+# cgroup v1 controllers), by rank.
 order_scenarios() {
     local name fixtures first=() last=() with_fixture=()
     for name in "${SCENARIOS[@]}"; do
         fixtures=$(scenario_fixtures "$name" | paste -sd' ' -)
-        if grep -q '^# lab: run-last' "$SCENARIO_DIR/$name.sh"; then
-            last+=("$name")
+        if [[ $(run_last_rank "$name") -gt 0 ]]; then
+            last+=("$(run_last_rank "$name")|$name")
         elif [[ -n "$fixtures" ]]; then
             with_fixture+=("$fixtures|$name")
         else
@@ -120,6 +148,9 @@ order_scenarios() {
     done
     if [[ ${#with_fixture[@]} -gt 0 ]]; then
         mapfile -t with_fixture < <(printf '%s\n' "${with_fixture[@]}" | sort -s -t'|' -k1,1 | cut -d'|' -f2)
+    fi
+    if [[ ${#last[@]} -gt 0 ]]; then
+        mapfile -t last < <(printf '%s\n' "${last[@]}" | sort -s -t'|' -k1,1n | cut -d'|' -f2)
     fi
     SCENARIOS=("${first[@]}" "${with_fixture[@]}" "${last[@]}")
 }
@@ -462,6 +493,148 @@ follow_vm() {
     say "VM finished after $(( $(now) - started )) s"
 }
 
+# ---------------------------------------------------------------- guests side by side
+
+LANE_PIDS=()
+LANE_LOGS=()
+
+guests_wanted() {
+    local n="${LAB_GUESTS:-}"
+    if [[ -z "$n" ]]; then
+        n=1
+        [[ $(nproc) -ge 2 ]] && n=2
+    fi
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "LAB_GUESTS must be a positive number, not '$n'"
+    [[ $n -gt ${#SCENARIOS[@]} ]] && n=${#SCENARIOS[@]}
+    echo "$n"
+}
+
+# split_scenarios N: N lines, the scenarios of each guest (space-separated).
+# Units are placed largest first on the guest with the least work: a plain
+# scenario, or every scenario of one fixture together (its cost counted
+# once); run-last scenarios go last, one per guest before any gets two.
+split_scenarios() {
+    local guests="$1" name fixtures key cost i best units=() last_units=()
+    declare -A group_cost=() group_members=()
+    for name in "${SCENARIOS[@]}"; do
+        cost=$(cost_of "$SCENARIO_DIR/$name.sh")
+        fixtures=$(scenario_fixtures "$name" | paste -sd' ' -)
+        if [[ $(run_last_rank "$name") -gt 0 ]]; then
+            last_units+=("$cost|$name")
+        elif [[ -n "$fixtures" ]]; then
+            key="fixture:$fixtures"
+            if [[ -z "${group_cost[$key]:-}" ]]; then
+                group_cost[$key]=0
+                for i in $fixtures; do
+                    group_cost[$key]=$(( group_cost[$key] + $(cost_of "$FIXTURE_DIR/$i.sh") ))
+                done
+            fi
+            group_cost[$key]=$(( group_cost[$key] + cost ))
+            group_members[$key]="${group_members[$key]:-} $name"
+        else
+            units+=("$cost|$name")
+        fi
+    done
+    for key in "${!group_cost[@]}"; do
+        units+=("${group_cost[$key]}|${group_members[$key]# }")
+    done
+    local load=() lanes=() counts=()
+    for ((i = 0; i < guests; i++)); do load[i]=0; lanes[i]=""; counts[i]=0; done
+    place() {  # place UNIT [by-count]
+        local c="${1%%|*}" names="${1#*|}" j
+        best=0
+        for ((j = 1; j < guests; j++)); do
+            if [[ -n "${2:-}" && ${counts[j]} -ne ${counts[best]} ]]; then
+                [[ ${counts[j]} -lt ${counts[best]} ]] && best=$j
+            elif [[ ${load[j]} -lt ${load[best]} ]]; then
+                best=$j
+            fi
+        done
+        load[best]=$(( load[best] + c ))
+        lanes[best]="${lanes[best]} $names"
+        counts[best]=$(( counts[best] + 1 ))
+    }
+    while read -r key; do [[ -n "$key" ]] && place "$key"; done \
+        < <(printf '%s\n' "${units[@]}" | sort -t'|' -k1,1nr)
+    for ((i = 0; i < guests; i++)); do counts[i]=0; done
+    while read -r key; do [[ -n "$key" ]] && place "$key" by-count; done \
+        < <(printf '%s\n' "${last_units[@]}" | sort -t'|' -k1,1nr)
+    for ((i = 0; i < guests; i++)); do
+        say "guest $((i + 1)): about ${load[i]} s:${lanes[i]}"
+        echo "${lanes[i]# }"
+    done
+}
+
+stop_lanes() {
+    local pid
+    for pid in "${LANE_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${LANE_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    LANE_PIDS=()
+}
+
+# Run the scenarios in N guests at once: this script again per guest, each
+# with its own swtpm, VM and run directory; their outputs go to files that
+# are printed whole at the end.
+run_lanes() {
+    local guests="$1" base="${LAB_OUT_DIR:-$LAB_DIR/out}" i line lists=() shown=() pid rc=0
+    local passed=0 failed=0 skipped=0 summary p f s
+    mkdir -p "$base"
+    mapfile -t lists < <(split_scenarios "$guests")
+    trap 'stop_lanes' EXIT
+    for ((i = 0; i < guests; i++)); do
+        [[ -n "${lists[i]}" ]] || continue
+        LANE_LOGS[i]=$(mktemp "$base/guest-$((i + 1)).XXXXXX.log")
+        shown[i]=0
+        # shellcheck disable=SC2086
+        LAB_GUESTS=1 "${BASH_SOURCE[0]}" ${lists[i]} >"${LANE_LOGS[i]}" 2>&1 &
+        LANE_PIDS[i]=$!
+    done
+    # Progress: the lab's own lines and each scenario's verdict, as they come.
+    progress() {
+        local k n
+        for k in "${!LANE_LOGS[@]}"; do
+            n=$(wc -l <"${LANE_LOGS[k]}")
+            [[ $n -gt ${shown[k]} ]] || continue
+            sed -n "$(( shown[k] + 1 )),${n}p" "${LANE_LOGS[k]}" \
+                | grep -E '^\[lab\]|^======== END' | sed "s/^/[guest $((k + 1))] /" >&2 || true
+            shown[k]=$n
+        done
+    }
+    while :; do
+        progress
+        local alive=0
+        for pid in "${LANE_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 1 ]] || break
+        sleep 5
+    done
+    for i in "${!LANE_PIDS[@]}"; do
+        wait "${LANE_PIDS[i]}" || rc=1
+    done
+    LANE_PIDS=()
+    progress
+    for i in "${!LANE_LOGS[@]}"; do
+        echo "################ guest $((i + 1)) of $guests: ${lists[i]}"
+        cat "${LANE_LOGS[i]}"
+        summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "${LANE_LOGS[i]}" | tail -n1)
+        if [[ -z "$summary" ]]; then
+            say "error: guest $((i + 1)) printed no summary; its scenarios count as failed"
+            failed=$(( failed + $(wc -w <<<"${lists[i]}") ))
+            continue
+        fi
+        read -r p _ f _ s _ <<<"$summary"
+        passed=$(( passed + p )); failed=$(( failed + f )); skipped=$(( skipped + s ))
+        rm -f "${LANE_LOGS[i]}"
+    done
+    PASSED=$(( PASSED + passed )); FAILED=$(( FAILED + failed )); SKIPPED=$(( SKIPPED + skipped ))
+    report_not_run_scenarios
+    echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+    [[ $FAILED -eq 0 && $rc -eq 0 ]]
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
@@ -479,9 +652,14 @@ main() {
     fi
     choose_memory
 
-    local root image
+    local root image guests
     root=$("$LAB_DIR/build-guest-root.sh")
     image=$("$LAB_DIR/build-image.sh")
+    guests=$(guests_wanted)
+    if [[ $guests -gt 1 ]]; then
+        run_lanes "$guests"
+        return
+    fi
     # Shared locks: the cache pruner leaves the root and image alone while we run.
     exec 8>>"$root.lock" 7>>"$image.lock"
     flock -s 8

@@ -4,7 +4,8 @@
 # file removed, docker's runtime unregistered, containerd's NRI off, the tss
 # group gone, /dev/tpm0 held open, the TPM's driver unbound — and each is
 # reported with its fix (exit 1 for failures), and healthy again once mended.
-# lab: run-last (it unbinds and rebinds the guest's TPM driver)
+# lab: run-last 2 (after the other run-last ones: it unbinds and rebinds the guest's TPM driver)
+# lab: cost 150 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

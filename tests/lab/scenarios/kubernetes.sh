@@ -19,6 +19,7 @@
 # plane stays (one cluster boot per run).
 # lab: needs cluster
 # lab: timeout 3600
+# lab: cost 900 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 

@@ -20,6 +20,7 @@
 # engine's own key is always among them) and none is empty.
 # lab: needs third-party
 # lab: timeout 1800
+# lab: cost 600 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 
