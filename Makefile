@@ -5,7 +5,7 @@
 #                scenario (what CI runs)
 #
 #   make e2e SCENARIO=baseline         one lab scenario (or a space-separated list)
-#   make proto   regenerate the NRI messages from the pinned CRI-O tarball ($LAB_THIRD_PARTY)
+#   make proto   regenerate the protobuf code from the pinned tarballs ($LAB_THIRD_PARTY)
 #
 # The lab needs root (mmdebstrap, qemu, swtpm); see README.md, "Development".
 
@@ -23,21 +23,22 @@ build:
 check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy -p nri-protogen --all-targets -- -D warnings
+	$(CARGO) clippy -p protogen --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test
 
-# The NRI and ttrpc messages (src/frontend/nri/generated/) are generated from
-# the .proto files in the pinned CRI-O tarball, looked for in $LAB_THIRD_PARTY
-# (default ../shared/third_party). proto-check regenerates them into a
-# temporary directory and fails if the checked-in code differs; without the
-# tarball it is skipped with a warning, except under CI=true.
+# The NRI and ttrpc messages (src/frontend/nri/generated/) and the kubelet's
+# device plugin API (src/frontend/device_plugin/generated/) are generated from
+# the .proto files in the pinned CRI-O and Kubernetes tarballs, looked for in
+# $LAB_THIRD_PARTY (default ../shared/third_party). proto-check regenerates
+# them into a temporary directory and fails if the checked-in code differs;
+# without a tarball its check is skipped with a warning, except under CI=true.
 proto:
-	CARGO="$(CARGO)" tools/nri-protogen/proto.sh write
+	CARGO="$(CARGO)" tools/protogen/proto.sh write
 
 proto-check:
-	CARGO="$(CARGO)" tools/nri-protogen/proto.sh check
+	CARGO="$(CARGO)" tools/protogen/proto.sh check
 
 # Host tools for the lab (installs only what is missing, and says what).
 lab-setup:

@@ -14,7 +14,7 @@
 //! The messages, NRI's and ttrpc's own (but [`ttrpc::Status`], whose
 //! `.proto` file is not among those sources), are prost types generated from
 //! the upstream `.proto` files of the pinned CRI-O source (NRI v0.9.1, ttrpc
-//! v1.2.7) by `tools/nri-protogen` (`make proto`). The generated code is
+//! v1.2.7) by `tools/protogen` (`make proto`). The generated code is
 //! checked in under `generated/` so that building needs neither the sources
 //! nor a protobuf compiler; `make proto-check` fails when it is stale. The
 //! multiplexer and the ttrpc framing are written here, small, because no
