@@ -47,6 +47,17 @@ pub struct HostGroup {
 }
 
 impl HostRoots {
+    /// The host's `/dev`, `/sys` and `/etc/group` under `root`: where a
+    /// plugin running in a container sees them (`--host-root`). The paths
+    /// that go to the runtime stay the host's own ([`container_path`]).
+    pub fn under(root: &Path) -> Self {
+        Self {
+            dev: root.join("dev"),
+            sys: root.join("sys"),
+            group_file: root.join("etc/group"),
+        }
+    }
+
     /// The host's TPM 2.0 resource managers (`tpmrmN`), lowest number first;
     /// an error when there is none.
     pub fn resource_managers(&self) -> anyhow::Result<Vec<String>> {

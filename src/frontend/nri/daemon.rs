@@ -60,14 +60,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create a signal descriptor")?;
 
-    let host = match &opts.host_root {
-        None => HostRoots::default(),
-        Some(root) => HostRoots {
-            dev: root.join("dev"),
-            sys: root.join("sys"),
-            group_file: root.join("etc/group"),
-        },
-    };
+    let host = opts
+        .host_root
+        .as_deref()
+        .map_or_else(HostRoots::default, HostRoots::under);
     let mut plugin = TpmPlugin::new(policy, policy_path.clone(), host, opts.inject_hook);
     if !opts.inject_hook {
         warn!("hook injection is off (--no-hook): TPM devices are granted without the createRuntime self-test");
