@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tpm2_selftest::SelfTestLevel;
 
+use crate::frontend::device_plugin::{self, api as dp_api, cdi, monitor::Outputs, nfd};
 use crate::frontend::nri::daemon::{Options as NriOptions, DEFAULT_SOCKET};
 use crate::frontend::nri::stub::Registration;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// The NRI plugin for containerd (1.7 and later) and CRI-O (1.26 and later)
     Nri(NriArgs),
+    /// The kubelet device plugin: the node's TPMs as an extended resource, health from self-tests, node labels for NFD
+    DevicePlugin(DevicePluginArgs),
     /// Check this host: TPM, device nodes, group, policy, and each container engine; each failure with its fix
     Doctor(DoctorArgs),
     /// Write shell completions and man pages (for packaging)
@@ -116,6 +119,84 @@ pub struct NriArgs {
     /// Grant devices without adding the createRuntime hook (for runtimes that refuse hook injection: no self-test)
     #[arg(long)]
     pub no_hook: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DevicePluginArgs {
+    /// The kubelet's device plugin directory (its registration socket kubelet.sock is there)
+    #[arg(long, value_name = "DIR", default_value = dp_api::DEFAULT_DIR)]
+    pub kubelet_dir: PathBuf,
+    /// The extended resource to register, domain-qualified
+    #[arg(long, value_name = "DOMAIN/NAME", default_value = device_plugin::DEFAULT_RESOURCE,
+          value_parser = resource_name)]
+    pub resource_name: String,
+    /// Devices advertised per TPM: how many containers may use one TPM at once
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub shares: u32,
+    /// Seconds between self-tests of each TPM (and looks for new ones)
+    #[arg(long, value_name = "S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub health_interval: u64,
+    /// Node Feature Discovery's local feature directory, for the node's TPM labels
+    #[arg(long, value_name = "DIR", default_value = nfd::DEFAULT_DIR)]
+    pub nfd_dir: PathBuf,
+    /// Write no NFD feature file
+    #[arg(long)]
+    pub no_nfd: bool,
+    /// Where to write the CDI spec whose device names Allocate returns
+    #[arg(long, value_name = "DIR", default_value = cdi::DEFAULT_DIR)]
+    pub cdi_dir: PathBuf,
+    /// Name no CDI devices (the container's process then needs the node's group by other means)
+    #[arg(long)]
+    pub no_cdi: bool,
+    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the host's /dev, /sys and /etc/group are mounted, when the plugin runs in a container
+    #[arg(long, value_name = "DIR")]
+    pub host_root: Option<PathBuf>,
+}
+
+impl DevicePluginArgs {
+    pub fn options(self) -> device_plugin::Options {
+        device_plugin::Options {
+            kubelet_dir: self.kubelet_dir,
+            resource_name: self.resource_name,
+            shares: self.shares,
+            interval: std::time::Duration::from_secs(self.health_interval),
+            config: self.config,
+            host_root: self.host_root,
+            outputs: Outputs {
+                nfd_dir: (!self.no_nfd).then_some(self.nfd_dir),
+                cdi_dir: (!self.no_cdi).then_some(self.cdi_dir),
+            },
+        }
+    }
+}
+
+/// An extended resource name as the kubelet accepts it: `DOMAIN/NAME`, the
+/// domain a DNS name with a dot and not Kubernetes' own.
+fn resource_name(s: &str) -> Result<String, String> {
+    let ok = s.split_once('/').is_some_and(|(domain, name)| {
+        domain.contains('.')
+            && !domain.ends_with("kubernetes.io")
+            && domain.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+            && !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be DOMAIN/NAME with a DNS domain outside kubernetes.io, e.g. oci-tpm-hook.dev/tpm".into())
+    }
 }
 
 #[derive(Args, Debug)]

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use oci_tpm_hook::cli::{self, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{doctor, nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{device_plugin, doctor, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             .options(std::env::var(nri::daemon::SOCKET_ENV).ok())
             .and_then(nri::run)
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::DevicePlugin(a)) => {
+            device_plugin::run(a.options()).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Doctor(a)) => doctor::main(a.json, a.config),
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };

@@ -190,6 +190,7 @@ fn help_and_version_like_peers() {
         &["hook", "--help"],
         &["selftest", "--help"],
         &["nri", "--help"],
+        &["device-plugin", "--help"],
         &["selftest", "--version"],
     ] {
         let out = run_with(args);
@@ -214,6 +215,9 @@ fn usage_errors_exit_2() {
     for args in [
         &["selftest", "--level", "sometimes"][..],
         &["nri", "--index", "7"],
+        &["device-plugin", "--resource-name", "tpm"],
+        &["device-plugin", "--resource-name", "kubernetes.io/tpm"],
+        &["device-plugin", "--shares", "0"],
         &["no-such-command"],
     ] {
         let out = run_with(args);
@@ -241,5 +245,33 @@ fn a_bare_hook_on_a_terminal_explains_itself() {
         stderr(&out).contains("OCI state on stdin"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Without the kubelet's directory the device plugin stops at once, saying
+/// what to check, with a failure status (a DaemonSet's pod shows it).
+#[test]
+fn device_plugin_without_the_kubelets_directory_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("device-plugins");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[log]\ntarget = \"stderr\"\n").unwrap();
+    let out = run_with(&[
+        "device-plugin",
+        "--kubelet-dir",
+        missing.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--no-nfd",
+        "--no-cdi",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the kubelet's device plugin directory {} does not exist",
+            missing.display()
+        )) && err.contains("is a kubelet running on this node"),
+        "{err}"
     );
 }

@@ -6,9 +6,11 @@
 //!   other front-ends add it to the spec for the self-test);
 //! - [`runtime_wrapper`]: `oci-tpm-runtime`, a runc wrapper for docker;
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
+//! - [`device_plugin`]: the kubelet device plugin and the node's NFD labels;
 //! - [`selftest`]: a TPM health probe;
 //! - [`doctor`]: the host checked, each failure with its fix.
 
+pub mod device_plugin;
 pub mod doctor;
 pub mod hook;
 pub mod nri;
