@@ -175,6 +175,20 @@ impl DevicePluginArgs {
     }
 }
 
+/// `oci-tpm-device-plugin`'s command line: the options of `oci-tpm-hook
+/// device-plugin`, which runs it.
+#[derive(Parser, Debug)]
+#[command(name = "oci-tpm-device-plugin", version, about = DEVICE_PLUGIN_ABOUT)]
+pub struct DevicePluginCli {
+    #[command(flatten)]
+    pub plugin: DevicePluginArgs,
+}
+
+const DEVICE_PLUGIN_ABOUT: &str = "The kubelet device plugin of oci-tpm-hook: the node's TPMs as an extended resource, health from self-tests, node labels for NFD";
+
+/// The device plugin's binary, beside `oci-tpm-hook`.
+pub const DEVICE_PLUGIN_BIN: &str = "oci-tpm-device-plugin";
+
 /// An extended resource name as the kubelet accepts it: `DOMAIN/NAME`, the
 /// domain a DNS name with a dot and not Kubernetes' own.
 fn resource_name(s: &str) -> Result<String, String> {
@@ -291,7 +305,11 @@ pub fn runtime_command() -> clap::Command {
 
 /// Writes man pages and completions for both binaries.
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
-    let commands = [Cli::command(), runtime_command()];
+    let commands = [
+        Cli::command(),
+        runtime_command(),
+        DevicePluginCli::command(),
+    ];
     if let Some(dir) = &args.man {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for cmd in &commands {

@@ -5,21 +5,25 @@
 //! options) goes straight to [`hook::run`]: every container pays for that
 //! path, so it skips building the command-line parser.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 use oci_tpm_hook::cli::{self, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{device_plugin, doctor, nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{doctor, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     if args.is_empty() || (args.len() == 1 && args[0] == "hook") {
         return hook_main(&HookArgs::default());
     }
-    let cli = cli::parse(args);
+    let cli = cli::parse(args.clone());
     let result = match cli.command {
         None => return hook_main(&cli.hook),
         Some(Command::Hook(a)) => return hook_main(&a),
@@ -28,15 +32,33 @@ fn main() -> ExitCode {
             .options(std::env::var(nri::daemon::SOCKET_ENV).ok())
             .and_then(nri::run)
             .map(|()| ExitCode::SUCCESS),
-        Some(Command::DevicePlugin(a)) => {
-            device_plugin::run(a.options()).map(|()| ExitCode::SUCCESS)
-        }
+        // Parsed here for --help and usage errors; run by its own binary.
+        Some(Command::DevicePlugin(_)) => exec_device_plugin(&args),
         Some(Command::Doctor(a)) => doctor::main(a.json, a.config),
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("oci-tpm-hook: {e:#}");
         ExitCode::FAILURE
+    })
+}
+
+/// Becomes `oci-tpm-device-plugin` (beside this binary) with the arguments
+/// after `device-plugin`: the gRPC stack lives there, not in the hook.
+fn exec_device_plugin(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let rest = args
+        .iter()
+        .position(|a| a == "device-plugin")
+        .map_or(&[][..], |i| &args[i + 1..]);
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let plugin = exe.with_file_name(cli::DEVICE_PLUGIN_BIN);
+    let error = std::process::Command::new(&plugin).args(rest).exec();
+    Err(error).with_context(|| {
+        format!(
+            "cannot run {} (the device plugin's binary, installed beside {})",
+            plugin.display(),
+            exe.display()
+        )
     })
 }
 

@@ -267,6 +267,7 @@ fn device_plugin_without_the_kubelets_directory_fails_clearly() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
+    assert!(err.starts_with("oci-tpm-device-plugin: "), "{err}");
     assert!(
         err.contains(&format!(
             "the kubelet's device plugin directory {} does not exist",

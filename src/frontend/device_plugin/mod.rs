@@ -19,8 +19,9 @@
 //! node's group to the container's process, which neither the device
 //! plugin API nor NRI can.
 //!
-//! Only this subcommand starts an async runtime (tokio, one thread, plus
-//! blocking threads for the self-tests); the hook's path never does.
+//! It runs as its own binary, `oci-tpm-device-plugin` (which `oci-tpm-hook
+//! device-plugin` execs), the only one that links the async runtime
+//! (tokio: one thread, plus blocking threads for the self-tests) and gRPC.
 
 pub mod api;
 pub mod cdi;
