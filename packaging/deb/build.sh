@@ -12,13 +12,14 @@ out=target/deb
 stage="$out/oci-tpm-hook_${version}_${arch}"
 deb="$stage.deb"
 
-for b in oci-tpm-hook oci-tpm-runtime; do
+for b in oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin; do
     [[ -x target/release/$b ]] || { echo "deb: target/release/$b is missing (make build)" >&2; exit 1; }
 done
 
 rm -rf "$stage"
 install -D -m 0755 target/release/oci-tpm-hook "$stage/usr/bin/oci-tpm-hook"
 install -D -m 0755 target/release/oci-tpm-runtime "$stage/usr/bin/oci-tpm-runtime"
+install -D -m 0755 target/release/oci-tpm-device-plugin "$stage/usr/bin/oci-tpm-device-plugin"
 # podman, CRI-O and buildah read this directory by default.
 install -D -m 0644 hooks.d/oci-tpm-hook.json "$stage/usr/share/containers/oci/hooks.d/oci-tpm-hook.json"
 install -D -m 0644 packaging/config.toml "$stage/etc/oci-tpm-hook/config.toml"
@@ -62,7 +63,7 @@ dpkg-deb --root-owner-group --build "$stage" "$deb" >/dev/null
 # The package must hold the binaries, the hooks.d file pointing at the
 # installed hook, and the policy as a conffile.
 contents=$(dpkg-deb -c "$deb")
-for want in ./usr/bin/oci-tpm-hook ./usr/bin/oci-tpm-runtime \
+for want in ./usr/bin/oci-tpm-hook ./usr/bin/oci-tpm-runtime ./usr/bin/oci-tpm-device-plugin \
             ./usr/share/containers/oci/hooks.d/oci-tpm-hook.json ./etc/oci-tpm-hook/config.toml; do
     grep -q " $want\$" <<<"$contents" || { echo "deb: $want missing from $deb" >&2; exit 1; }
 done
