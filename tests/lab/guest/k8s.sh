@@ -76,13 +76,21 @@ JSON
 # localhost/pause:lab, runc, cgroupfs); with --nri also
 # packaging/containerd/nri.toml (NRI on, socket /var/run/nri/nri.sock);
 # --pod-annotations '["*"]' sets the runc runtime's pod annotation passthrough.
+# --device-plugin: what the device plugin's pods need: CDI on (Allocate names
+# a CDI device, which adds the node's group as an additional GID), and the
+# oci-tpm-hook/* container annotations (Allocate's request) passed into the
+# spec, where the NRI plugin and the hook read them.
 containerd_config() {
-    local nri=0 cni_dir=/etc/cni/net.d passthrough=""
+    local nri=0 cni_dir=/etc/cni/net.d passthrough="" cdi="" container_passthrough=""
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --nri) nri=1 ;;
             --cni-dir) cni_dir="$2"; shift ;;
             --pod-annotations) passthrough="pod_annotations = $2"; shift ;;
+            --device-plugin)
+                cdi=$'  enable_cdi = true\n  cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]'
+                container_passthrough='      container_annotations = ["oci-tpm-hook/*"]'
+                ;;
             *) echo "containerd_config: unknown option $1" >&2; return 2 ;;
         esac
         shift
@@ -96,10 +104,12 @@ state = "/run/containerd"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$LAB_PAUSE_IMAGE"
   enable_selinux = false
+$cdi
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+$container_passthrough
       $passthrough
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false

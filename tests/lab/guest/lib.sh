@@ -431,22 +431,33 @@ cluster_node() {
     [[ $rc -eq 0 ]] || fail "the cluster's node did not come up on $1 (logs: cluster/*.log in the run directory)"
 }
 
-# load_nri_plugin_image: the NRI plugin's DaemonSet image (oci-tpm-hook:0.1.0)
-# in containerd's k8s.io namespace, built with podman from
-# packaging/kubernetes/Containerfile and the repository as its context (the
-# .dockerignore lets only the release binary in). Nothing is pulled: the
+# cluster_restart_kubelet: the cluster's kubelet stopped and started again
+# (pods and runtime stay), as an upgrade or a crash would.
+cluster_restart_kubelet() {
+    [[ -f /run/lab/cluster/admin.kubeconfig ]] || fail "no cluster: the scenario needs '# lab: needs cluster'"
+    local rc=0
+    timeout --kill-after=20 900 bash "$LAB_REPO/tests/lab/guest/fixtures/cluster.sh" restart-kubelet || rc=$?
+    [[ $rc -eq 0 ]] || fail "the kubelet did not come back (logs: cluster/kubelet.log in the run directory)"
+}
+
+# load_nri_plugin_image: the DaemonSets' image (oci-tpm-hook:0.1.0: the NRI
+# plugin and the device plugin) in containerd's k8s.io namespace, built with
+# podman from packaging/kubernetes/Containerfile. Its context is what the
+# Containerfile expects of the repository (target/release/ with the
+# binaries, the .dockerignore), made from the binaries in $LAB_BIN: the
+# guest's copy of the repository has no target/. Nothing is pulled: the
 # base is a small root made from the guest's own Debian files (busybox-static
 # and the C library the binary links), passed as --build-arg BASE.
 load_nri_plugin_image() {
     ctr -n k8s.io images check "name==$NRI_PLUGIN_IMAGE_FULL" 2>/dev/null | grep -q . && return 0
-    [[ -x "$LAB_REPO/target/release/oci-tpm-hook" ]] || fail "target/release/oci-tpm-hook is not built (make build)"
-    local base=localhost/lab-plugin-base:latest root lib tool
+    require_binaries oci-tpm-hook oci-tpm-device-plugin
+    local base=localhost/lab-plugin-base:latest root lib tool context
     if ! podman image exists "$base"; then
         root=$(mktemp -d /run/lab/plugin-base.XXXXXX)
         mkdir -p "$root/bin" "$root/tmp" "$root/etc"
         cp /bin/busybox "$root/bin/busybox"
         for tool in sh cp mv chmod mkdir ls cat rm; do ln -s busybox "$root/bin/$tool"; done
-        for lib in $(ldd "$LAB_REPO/target/release/oci-tpm-hook" | grep -o '/[^ ]*'); do
+        for lib in $(ldd "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" | grep -o '/[^ ]*' | sort -u); do
             mkdir -p "$root$(dirname "$lib")"
             cp -L "$lib" "$root$lib"
         done
@@ -456,8 +467,13 @@ load_nri_plugin_image() {
         podman import --quiet --change 'ENV PATH=/bin:/usr/bin' "$root.tar" "$base" >/dev/null
         rm -rf "$root" "$root.tar"
     fi
+    context=$(mktemp -d /run/lab/plugin-context.XXXXXX)
+    mkdir -p "$context/target/release"
+    cp "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" "$context/target/release/"
+    cp "$LAB_REPO/.dockerignore" "$context/"
     run podman build --pull=never --build-arg "BASE=$base" \
-        -f "$LAB_REPO/packaging/kubernetes/Containerfile" -t "$NRI_PLUGIN_IMAGE_FULL" "$LAB_REPO"
+        -f "$LAB_REPO/packaging/kubernetes/Containerfile" -t "$NRI_PLUGIN_IMAGE_FULL" "$context"
+    rm -rf "$context"
     podman save --quiet --format docker-archive -o /run/lab/nri-plugin-image.tar "$NRI_PLUGIN_IMAGE_FULL"
     ctr -n k8s.io images import /run/lab/nri-plugin-image.tar >/dev/null
     rm -f /run/lab/nri-plugin-image.tar

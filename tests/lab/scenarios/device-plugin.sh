@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# device-plugin: the node's TPM as a Kubernetes extended resource, in the
+# cluster fixture (containerd 1.7 with NRI and CDI on), with the DaemonSets
+# of packaging/kubernetes (the NRI plugin and `oci-tpm-hook device-plugin`,
+# here with 2 shares per TPM):
+#  - the plugin registers oci-tpm-hook.dev/tpm with the kubelet; the node's
+#    capacity and allocatable say 2, and the kubelet's pod-resources API
+#    (GetAllocatableResources) lists both shares of tpmrm0;
+#  - the NFD feature file says tpm=true with the TPM's version and maker,
+#    and the CDI spec is there;
+#  - a pod with resources.limits {oci-tpm-hook.dev/tpm: 1}, no annotation
+#    and no supplementalGroups runs as uid 1000 with /dev/tpmrm0, the tss
+#    GID (from the CDI spec), a self-test from the NRI plugin, and signs and
+#    verifies with a TPM key; pod-resources lists its share;
+#  - a Deployment asking for more shares than are free leaves a pod Pending
+#    with the scheduler's "Insufficient oci-tpm-hook.dev/tpm", which starts
+#    once a share is free;
+#  - a second TPM (vTPM proxy) is found and offered; its swtpm stopped, it
+#    turns Unhealthy within the interval + the self-test timeout and the
+#    node's allocatable drops while capacity stays; resumed, healthy again;
+#    its swtpm ended (the device gone), Unhealthy again;
+#  - a kubelet restart: the plugin registers again and the node offers the
+#    shares again.
+# lab: needs cluster
+# lab: timeout 2400
+# lab: cost 1100 (seconds, estimated: not run yet)
+set -euo pipefail
+source "$LAB_LIB"
+
+require_binaries oci-tpm-hook
+RESOURCE=oci-tpm-hook.dev/tpm
+RESOURCE_JSONPATH='oci-tpm-hook\.dev/tpm'
+NS=tpm-dp
+FEATURES=/etc/kubernetes/node-feature-discovery/features.d/oci-tpm-hook
+PODRESOURCES=(python3 "$LAB_REPO/tests/lab/guest/podresources")
+gid=$(tss_gid)
+note "guest tss gid $gid"
+
+node_resource() { # capacity|allocatable
+    kubectl get node "$LAB_NODE_NAME" -o jsonpath="{.status.$1.$RESOURCE_JSONPATH}"
+}
+
+plugin_log() { kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin 2>&1 || true; }
+
+# shares_are N: the node's allocatable count is N (the kubelet reports a
+# change with its next node status, so allow a minute).
+shares_are() {
+    wait_for 90 "allocatable $RESOURCE = $1" bash -c "[[ \"\$(kubectl get node $LAB_NODE_NAME -o jsonpath='{.status.allocatable.$RESOURCE_JSONPATH}')\" == $1 ]]"
+}
+
+tpm_pod() { # NAME: a pod that asks for one share, nothing else
+    cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata: { name: $1, namespace: $NS }
+spec:
+  securityContext: { runAsUser: 1000, runAsGroup: 1000 }
+  containers:
+    - name: app
+      image: $LAB_IMAGE
+      imagePullPolicy: Never
+      command: ["sleep", "infinity"]
+      resources: { limits: { $RESOURCE: 1 } }
+YAML
+}
+
+clean_slate() {
+    kubectl delete namespace "$NS" --ignore-not-found --timeout=300s >/dev/null 2>&1 || true
+    kubectl -n kube-system delete daemonset oci-tpm-hook-device-plugin --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
+    kubectl delete -k "$LAB_REPO/packaging/kubernetes" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
+    kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm- >/dev/null 2>&1 || true
+    # What the plugin leaves on the node by design (it describes the node).
+    rm -f "$FEATURES" /var/run/cdi/oci-tpm-hook.json
+}
+
+step "the cluster's node on containerd (NRI and CDI on)"
+cluster_node containerd
+clean_slate
+on_exit clean_slate
+load_nri_plugin_image
+
+step "the NRI plugin (default policy), then the device plugin, both DaemonSets of packaging/kubernetes"
+assert_ok kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm=true --overwrite
+assert_ok kubectl apply -k "$LAB_REPO/packaging/kubernetes"
+assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-nri --timeout=600s
+# Two shares, so that the scenario can use them all.
+sed 's|            - --host-root=/host|            - --host-root=/host\n            - --shares=2|' \
+    "$LAB_REPO/packaging/kubernetes/oci-tpm-hook-device-plugin.yaml" | kubectl apply -f -
+assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-device-plugin --timeout=600s
+
+step "the plugin registers; the node's capacity and allocatable say 2"
+wait_for 120 "the plugin's registration" bash -c "kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep -q 'registered $RESOURCE with the kubelet'"
+shares_are 2
+assert_eq 2 "$(node_resource capacity)" "capacity of $RESOURCE"
+run kubectl get node "$LAB_NODE_NAME" -o jsonpath='{.status.allocatable}{"\n"}'
+
+step "the kubelet's pod-resources API lists both shares as allocatable"
+assert_ok "${PODRESOURCES[@]}" allocatable
+assert_contains "$LAB_OUTPUT" "$RESOURCE tpmrm0-1"
+assert_contains "$LAB_OUTPUT" "$RESOURCE tpmrm0-2"
+
+step "NFD's feature file and the CDI spec"
+wait_for 30 "$FEATURES" test -f "$FEATURES"
+run cat "$FEATURES"
+assert_contains "$(cat "$FEATURES")" $'\ntpm=true\n'
+assert_contains "$(cat "$FEATURES")" "tpm.version=2.0"
+assert_contains "$(cat "$FEATURES")" "tpm.manufacturer="
+assert_ok jq -c '.devices[] | {name, edits: .containerEdits.additionalGids}' /var/run/cdi/oci-tpm-hook.json
+assert_contains "$LAB_OUTPUT" "\"name\":\"tpmrm0\",\"edits\":[$gid]"
+
+step "a pod asking for one share: /dev/tpmrm0, the tss GID, the self-test, a signature as uid 1000"
+kubectl create namespace "$NS"
+wait_for 120 "service account default in $NS" kubectl -n "$NS" get sa default
+tpm_pod tpm-a | kubectl apply -f -
+assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-a --timeout=300s
+assert_ok kubectl -n "$NS" exec tpm-a -- sh -c 'echo "uid=$(id -u) groups=$(id -G)"; stat -c "device: %F %a %g" /dev/tpmrm0; echo "tcti=$TPM2TOOLS_TCTI"; echo "random: $(tpm2_getrandom --hex 8)"'
+out="$LAB_OUTPUT"
+assert_contains "$out" "uid=1000"
+assert_contains "$out" " $gid" "the tss GID among the groups"
+assert_contains "$out" "device: character special file 660 $gid"
+assert_contains "$out" "tcti=device:/dev/tpmrm0"
+[[ "$(sed -n 's/^random: //p' <<<"$out")" =~ ^[0-9a-f]{16}$ ]] || fail "tpm2_getrandom in tpm-a: $out"
+assert_ok kubectl -n "$NS" exec tpm-a -- sh -c '
+    set -e; cd "$(mktemp -d)"
+    tpm2_createprimary -Q -C o -G ecc -c primary.ctx
+    tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv
+    tpm2_load -Q -C primary.ctx -u key.pub -r key.priv -c key.ctx
+    echo "signed in a pod" >message
+    tpm2_sign -Q -c key.ctx -g sha256 -o message.sig message
+    tpm2_verifysignature -Q -c key.ctx -g sha256 -m message -s message.sig && echo SIGNATURE-VERIFIED'
+assert_contains "$LAB_OUTPUT" SIGNATURE-VERIFIED
+assert_contains "$(kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin)" "granted TPM tpmrm0" "the NRI plugin's log (it added the self-test)"
+assert_contains "$(plugin_log)" "allocated tpmrm0-" "the device plugin's log"
+assert_ok "${PODRESOURCES[@]}" list
+assert_contains "$LAB_OUTPUT" "$NS/tpm-a/app $RESOURCE tpmrm0-"
+
+step "more shares asked than free: a pod stays Pending with Insufficient $RESOURCE, and starts once one is free"
+tpm_pod tpm-b | kubectl apply -f -
+assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-b --timeout=300s
+tpm_pod tpm-c | kubectl apply -f -
+wait_for 120 "the scheduler's FailedScheduling event for tpm-c" bash -c \
+    "kubectl -n $NS get events --field-selector involvedObject.name=tpm-c,reason=FailedScheduling -o jsonpath='{.items[*].message}' | grep -q 'Insufficient $RESOURCE'"
+assert_eq Pending "$(kubectl -n "$NS" get pod tpm-c -o jsonpath='{.status.phase}')" "tpm-c's phase"
+assert_ok kubectl -n "$NS" delete pod tpm-b --timeout=120s
+assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-c --timeout=300s
+assert_ok kubectl -n "$NS" delete pod tpm-a tpm-c --timeout=120s
+
+step "a second TPM (vTPM proxy) is found and offered"
+# Not in $(...): add_vtpm records its swtpm for cleanup in this shell.
+add_vtpm >/run/lab/vtpm.out
+dev=$(tail -n1 /run/lab/vtpm.out)
+swtpm_pid=${LAB_DAEMON_PIDS[-1]}
+name=$(basename "$dev")
+note "second TPM: $dev ($(device_numbers "$dev")), its swtpm pid $swtpm_pid"
+shares_are 4
+assert_eq 4 "$(node_resource capacity)" "capacity with two TPMs"
+
+step "its swtpm stopped: $name turns Unhealthy within 10 s + the 5 s self-test timeout; allocatable drops, capacity stays"
+t0=$(date +%s)
+kill -STOP "$swtpm_pid"
+on_exit "kill -CONT $swtpm_pid 2>/dev/null || true"
+wait_for 60 "the plugin to report $name Unhealthy" bash -c "kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep -q 'TPM $name is Unhealthy'"
+took=$(( $(date +%s) - t0 ))
+note "reported Unhealthy after ${took} s"
+[[ $took -le 25 ]] || fail "$name was reported Unhealthy after $took s, more than the interval + the timeout (15.5 s) and a margin"
+shares_are 2
+assert_eq 4 "$(node_resource capacity)" "capacity with an unhealthy TPM"
+assert_ok "${PODRESOURCES[@]}" allocatable
+note "pod-resources with $name unhealthy: $(tr '\n' ' ' <<<"$LAB_OUTPUT")"
+
+step "resumed: healthy again"
+kill -CONT "$swtpm_pid"
+shares_are 4
+
+step "its swtpm ended (the device goes away): Unhealthy again, allocatable drops"
+kill -TERM "$swtpm_pid"
+shares_are 2
+run bash -c "kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep '$name' | tail -n 5"
+
+step "the kubelet restarts: the plugin registers again"
+registrations=$(plugin_log | grep -c "registered $RESOURCE with the kubelet" || true)
+cluster_restart_kubelet
+wait_for 180 "a new registration" bash -c "[[ \$(kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep -c 'registered $RESOURCE with the kubelet') -gt $registrations ]]"
+shares_are 2
+assert_ok "${PODRESOURCES[@]}" allocatable
+assert_contains "$LAB_OUTPUT" "$RESOURCE tpmrm0-1"
+tpm_pod tpm-d | kubectl apply -f -
+assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-d --timeout=300s
+assert_ok kubectl -n "$NS" exec tpm-d -- tpm2_getrandom --hex 8
+
+step "the plugin's log"
+plugin_log | tail -n 40
