@@ -38,6 +38,14 @@ max_len() {
     esac
 }
 
+# Tokens the parser compares against, so the search need not guess them.
+dict_for() {
+    case $1 in
+        oci_state | spec_edit | spec_query) echo fuzz/dict/json.dict ;;
+        small_text | request | policy | runtime_cli | cgroup_text) echo "fuzz/dict/$1.dict" ;;
+    esac
+}
+
 # The instrumentation cargo-fuzz adds, without its nightly-only sanitizer
 # flag: libFuzzer's coverage counters, comparison tracing, and `cfg(fuzzing)`.
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -68,8 +76,11 @@ for t in "${targets[@]}"; do
     log=$work/logs/$t.log
     mkdir -p "$corpus" "$artifacts"
     echo "[fuzz] $t: ${SECONDS_PER_TARGET}s"
+    dict=()
+    [[ -z $(dict_for "$t") ]] || dict=(-dict="$(dict_for "$t")")
     rc=0
-    RUST_BACKTRACE=1 "$bin_dir/$t" \
+    started=$SECONDS
+    RUST_BACKTRACE=1 "$bin_dir/$t" "${dict[@]}" \
         -max_total_time="$SECONDS_PER_TARGET" \
         -rss_limit_mb="$RSS_LIMIT_MB" \
         -timeout="$INPUT_TIMEOUT_S" \
@@ -77,11 +88,11 @@ for t in "${targets[@]}"; do
         -print_final_stats=1 \
         -artifact_prefix="$artifacts/" \
         "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
+    took=$((SECONDS - started))
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
     runs=${runs:-0}
     total_runs=$((total_runs + runs))
-    summary+=("$(printf '%-14s %12s runs %6ss' "$t" "$runs" "${took:-?}")")
+    summary+=("$(printf '%-14s %12s runs %6ss' "$t" "$runs" "$took")")
     if [[ $rc -ne 0 ]]; then
         failed+=("$t")
         echo "[fuzz] $t FAILED (exit $rc); the end of $log:" >&2

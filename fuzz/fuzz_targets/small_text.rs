@@ -14,12 +14,23 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(map) = userns::parse_id_map(s) {
         assert!(map.len() <= s.lines().count());
-        for id in [0, 1, 65534, u32::MAX] {
+        // Ids at the edges of every range, and a few everyone has.
+        let mut ids = vec![0, 1, 65534, u32::MAX];
+        for m in &map {
+            for base in [m.inside, m.outside] {
+                ids.push(base);
+                ids.push(base.saturating_add(m.count.saturating_sub(1)));
+                ids.push(base.saturating_add(m.count));
+            }
+        }
+        for id in ids {
             if let Some(inside) = userns::inside_id(&map, id) {
-                // The range that mapped it out maps it back (or an earlier one does).
+                // The range that mapped it in maps it back out (or an earlier one does).
                 assert!(userns::outside_id(&map, inside).is_some());
             }
-            let _ = userns::outside_id(&map, id);
+            if let Some(outside) = userns::outside_id(&map, id) {
+                assert!(userns::inside_id(&map, outside).is_some());
+            }
         }
     }
 
