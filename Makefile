@@ -1,8 +1,9 @@
 # oci-tpm-hook — build, check and test.
 #
 #   make demo    set up the host, build, boot the lab VM and show a container using its TPM
-#   make test    format check, clippy, generated-code check, unit tests, then every lab
-#                scenario (what CI runs)
+#   make test    format check, clippy, generated-code check, unit tests, a fuzz smoke run,
+#                then every lab scenario (what CI runs)
+#   make fuzz    every fuzz target for FUZZ_SECONDS (60) each (docs/FUZZING.md)
 #
 #   make e2e SCENARIO=baseline         one lab scenario (or a space-separated list)
 #   make proto   regenerate the protobuf code from the pinned tarballs ($LAB_THIRD_PARTY)
@@ -13,7 +14,10 @@ CARGO    ?= cargo
 LAB      := tests/lab
 SCENARIO ?=
 
-.PHONY: all build check unit proto proto-check e2e test demo bench deb lab-setup lab-roots lab-clean
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+
+.PHONY: all build check unit proto proto-check fuzz fuzz-smoke e2e test demo bench deb lab-setup lab-roots lab-clean
 
 all: build
 
@@ -24,6 +28,7 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy -p protogen --all-targets -- -D warnings
+	$(CARGO) clippy -p oci-tpm-hook-fuzz --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test
@@ -39,6 +44,15 @@ proto:
 
 proto-check:
 	CARGO="$(CARGO)" tools/protogen/proto.sh check
+
+# Coverage-guided fuzzing of every parser of untrusted input (libFuzzer on
+# stable Rust; docs/FUZZING.md). A crash fails the run and names the input.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) fuzz/run.sh
+
+# A few seconds per target: the seeds and what a short search finds.
+fuzz-smoke:
+	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) CARGO=$(CARGO) fuzz/run.sh
 
 # Host tools for the lab (installs only what is missing, and says what).
 lab-setup:
@@ -57,6 +71,7 @@ test:
 	$(MAKE) check
 	$(MAKE) proto-check
 	$(MAKE) unit
+	$(MAKE) fuzz-smoke
 	$(MAKE) deb
 	$(MAKE) e2e
 

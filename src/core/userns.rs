@@ -63,10 +63,11 @@ impl IdMaps {
 }
 
 /// The id inside the namespace that `outside` (a host id) appears as.
+/// A range that would run past the largest id maps nothing beyond it.
 pub fn inside_id(map: &[IdMapping], outside: u32) -> Option<u32> {
     map.iter().find_map(|m| {
         let offset = outside.checked_sub(m.outside)?;
-        (offset < m.count).then(|| m.inside + offset)
+        (offset < m.count).then(|| m.inside.checked_add(offset))?
     })
 }
 
@@ -74,7 +75,7 @@ pub fn inside_id(map: &[IdMapping], outside: u32) -> Option<u32> {
 pub fn outside_id(map: &[IdMapping], inside: u32) -> Option<u32> {
     map.iter().find_map(|m| {
         let offset = inside.checked_sub(m.inside)?;
-        (offset < m.count).then(|| m.outside + offset)
+        (offset < m.count).then(|| m.outside.checked_add(offset))?
     })
 }
 
@@ -109,6 +110,20 @@ mod tests {
             gid: maps.gid.clone(),
         };
         assert_eq!(no_root.root_on_host(), None);
+    }
+
+    /// Found by fuzzing (small_text): a range that runs past u32::MAX made
+    /// the lookup overflow.
+    #[test]
+    fn ranges_past_the_largest_id_map_nothing_beyond_it() {
+        let m = parse_id_map("\u{b}1 04294967295 9").unwrap();
+        assert_eq!(outside_id(&m, 1), Some(u32::MAX));
+        assert_eq!(outside_id(&m, 2), None);
+        assert_eq!(inside_id(&m, u32::MAX), Some(1));
+        let m = parse_id_map("4294967295 0 9").unwrap();
+        assert_eq!(inside_id(&m, 0), Some(u32::MAX));
+        assert_eq!(inside_id(&m, 1), None);
+        assert_eq!(outside_id(&m, u32::MAX), Some(0));
     }
 
     #[test]

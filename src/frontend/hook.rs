@@ -450,6 +450,7 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
             .map(|s| crate::text::untrusted(s).into_owned())
             .unwrap_or_default()
     };
+    let retries = d.self_test.as_ref().map_or(0, |t| t.report.retries);
     let (manufacturer, firmware, ran_as) = d
         .self_test
         .as_ref()
@@ -474,6 +475,7 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
         self_test = %d.grant.self_test,
         self_test_result = if d.self_test.is_some() { "passed" } else { "skipped" },
         self_test_as = %ran_as,
+        self_test_retries = retries,
         manufacturer,
         firmware,
         duration_ms = d.duration.as_millis() as u64,

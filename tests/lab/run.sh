@@ -11,7 +11,7 @@
 # stopped, also on errors and Ctrl-C.
 #
 # Settings (environment): LAB_MEMORY (3G; 4G when a scenario needs the
-# cluster), LAB_CPUS (1), LAB_BOOT_TIMEOUT (600 s until the guest starts the
+# cluster, more when one says "# lab: memory NG"), LAB_CPUS (1), LAB_BOOT_TIMEOUT (600 s until the guest starts the
 # first scenario), LAB_SCENARIO_TIMEOUT (900 s per scenario),
 # LAB_FIXTURE_TIMEOUT (2400 s for a fixture to start), LAB_CACHE, LAB_MIRROR,
 # LAB_THIRD_PARTY (where the CRI-O and Kubernetes source tarballs are),
@@ -191,16 +191,19 @@ prepare_third_party() {
 }
 
 # The cluster needs more memory than the other scenarios (API server, etcd,
-# kubelet, two image stores on tmpfs).
+# kubelet, two image stores on tmpfs); a scenario may ask for more with
+# "# lab: memory NG" (e.g. many containers at once). The largest wins.
 choose_memory() {
-    local name
+    local name want gib=3
     [[ -z "$LAB_MEMORY_SET" ]] || return 0
     for name in "${SCENARIOS[@]}"; do
         if scenario_fixtures "$name" | grep -qx cluster; then
-            LAB_MEMORY=4G
+            [[ $gib -ge 4 ]] || gib=4
         fi
+        want=$(sed -n 's/^# lab: memory \([0-9][0-9]*\)G.*/\1/p' "$SCENARIO_DIR/$name.sh" | head -n1)
+        if [[ -n "$want" && $want -gt $gib ]]; then gib=$want; fi
     done
-    return 0
+    LAB_MEMORY="${gib}G"
 }
 
 # ---------------------------------------------------------------- run dir

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# load: LAB_LOAD_CONTAINERS (64) containers asking for the TPM, started at
+# once, with podman (crun, hooks.d) and with containerd through CRI (the NRI
+# plugin): every one is delivered, self-tested as its own user and reads the
+# TPM; none is stuck; the kernel's resource manager holds under the load (a
+# TPM_RC_RETRY never surfaces as a failure, and the self-test's retries stay
+# bounded). The hook's delivery times (p50, p99) are printed as BENCH lines,
+# which `make bench` collects.
+# lab: cost 900 (seconds, usual; to split the scenarios between guests)
+# lab: memory 6G (64 podman processes, or 64 CRI clients and shims, at once)
+set -euo pipefail
+source "$LAB_LIB"
+source "$LAB_REPO/tests/lab/guest/hook.sh"
+
+N=${LAB_LOAD_CONTAINERS:-64}
+# Bound for one container, start to exit, while all the others start too
+# (one emulated vCPU: most of it is waiting its turn).
+ONE_BOUND=900
+WORK=/run/lab/load
+
+require_binaries oci-tpm-hook
+install_hooks_dir >/dev/null
+install_policy
+load_image_podman
+gid=$(tss_gid)
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+# percentile P VALUES...: nearest-rank percentile of the numbers.
+percentile() {
+    local p="$1"
+    shift
+    printf '%s\n' "$@" | sort -n | awk -v p="$p" '{ v[NR] = $1 } END {
+        if (NR == 0) { print "-"; exit }
+        r = int((p * NR + 99) / 100); if (r < 1) r = 1; print v[r] }'
+}
+
+# judge ENGINE DIR LOG_LINES SECONDS: every container of the batch exited 0
+# and read 8 random bytes, the hook's log has N deliveries self-tested as
+# uid 1000 with bounded retries; BENCH lines with the times.
+judge() {
+    local engine="$1" dir="$2" log_lines="$3" secs="$4" i ok=0 bad=() delivered
+    for i in $(seq "$N"); do
+        if grep -qx 'rc=0' "$dir/$i.rc" 2>/dev/null && grep -qE '^[0-9a-f]{16}$' "$dir/$i.out"; then
+            ok=$((ok + 1))
+        else
+            bad+=("$i")
+        fi
+    done
+    if [[ ${#bad[@]} -gt 0 ]]; then
+        for i in "${bad[@]:0:3}"; do
+            note "container $i: $(cat "$dir/$i.rc" 2>/dev/null || echo 'no exit status'):"
+            sed 's/^/      /' "$dir/$i.out" | tail -n 15 >&2 || true
+        done
+    fi
+    assert_eq "$N" "$ok" "$engine: containers that exited 0 with random bytes from the TPM"
+    assert_not_contains "$(cat "$dir"/*.out)" "TPM_RC_RETRY" "$engine: no TPM_RC_RETRY reached a container"
+    delivered=$(grep -c 'TPM delivered' <<<"$log_lines" || true)
+    assert_eq "$N" "$delivered" "$engine: deliveries in the hook's log"
+    assert_eq "$N" "$(grep -c 'self_test_result="passed"' <<<"$log_lines" || true)" "$engine: self-tests passed"
+    assert_eq "$N" "$(grep -c 'self_test_as=uid=1000 ' <<<"$log_lines" || true)" "$engine: self-tests as uid 1000"
+    local durations retries max_retries
+    mapfile -t durations < <(sed -n 's/.* duration_ms=\([0-9]*\).*/\1/p' <<<"$log_lines")
+    mapfile -t retries < <(sed -n 's/.* self_test_retries=\([0-9]*\).*/\1/p' <<<"$log_lines")
+    max_retries=$(percentile 100 "${retries[@]}")
+    note "$engine: self-test retries: max $max_retries, total $(( $(printf '%s+' "${retries[@]}")0 ))"
+    # Each retry waits at least 5 ms and the budget is a few seconds: a few
+    # dozen at most, unless the backoff is broken.
+    [[ "$max_retries" == - || "$max_retries" -le 50 ]] || fail "$engine: a self-test retried $max_retries times"
+    echo "BENCH load $engine containers=$N wall_s=$secs hook_ms_p50=$(percentile 50 "${durations[@]}") hook_ms_p99=$(percentile 99 "${durations[@]}") hook_ms_max=$(percentile 100 "${durations[@]}") retries_max=$max_retries"
+}
+
+# none_left ENGINE: no hook process is left (the NRI plugin, a daemon that
+# runs the same binary, aside).
+none_left() {
+    assert_eq "" "$(pgrep -af "$HOOK_BIN" | grep -v "$HOOK_BIN nri" || true)" \
+        "$1: oci-tpm-hook processes still running"
+}
+
+# ---------------------------------------------------------------- podman
+
+step "podman (crun): $N containers at once, each asking for the TPM as uid 1000 in the tss group"
+mark_hook_log
+dir="$WORK/podman"
+mkdir -p "$dir"
+t0=$(date +%s)
+pids=()
+for i in $(seq "$N"); do
+    (
+        rc=0
+        timeout "$ONE_BOUND" podman run --rm --name "load-$i" \
+            --annotation oci-tpm-hook/device=tpmrm0 --user 1000 --group-add "$gid" \
+            "$LAB_IMAGE" tpm2_getrandom --hex 8 >"$dir/$i.out" 2>&1 || rc=$?
+        echo "rc=$rc" >"$dir/$i.rc"
+    ) &
+    pids+=("$!")
+done
+on_exit "podman rm -f --all >/dev/null 2>&1"
+for p in "${pids[@]}"; do wait "$p" || true; done
+secs=$(( $(date +%s) - t0 ))
+note "podman: $N containers in $secs s"
+# tpm2_getrandom --hex prints without a newline; give each output its own line.
+for i in $(seq "$N"); do [[ -f "$dir/$i.out" ]] && echo >>"$dir/$i.out"; done
+judge podman "$dir" "$(hook_log_new)" "$secs"
+assert_eq "" "$(podman ps -a --filter name=load- -q)" "podman: containers left behind"
+none_left podman
+
+# ---------------------------------------------------------------- containerd
+
+step "containerd (CRI, NRI plugin): $N pods at once, each asking for the TPM as uid 1000 with supplementalGroups [$gid]"
+start_containerd "$(cat "$LAB_REPO/packaging/containerd/nri.toml")"
+load_image_containerd
+start_daemon oci-tpm-nri "$HOOK_BIN" nri
+wait_for 60 "the NRI plugin to synchronize" grep -q 'NRI: synchronized' "$HOOK_LOG"
+containers_before=$(ctr -n k8s.io containers ls -q | wc -l)
+mark_hook_log
+dir="$WORK/containerd"
+mkdir -p "$dir"
+t0=$(date +%s)
+pids=()
+for i in $(seq "$N"); do
+    (
+        rc=0
+        cri_run --pod "load-$i" --name "load-$i" --namespace lab --user 1000 \
+            --supplemental-group "$gid" --timeout "$ONE_BOUND" --rpc-timeout "$ONE_BOUND" \
+            --log-root "$dir/pods" --pod-annotation oci-tpm-hook/device=tpmrm0 \
+            -- tpm2_getrandom --hex 8 >"$dir/$i.cri" 2>&1 || rc=$?
+        echo "rc=$rc" >"$dir/$i.rc"
+        # cri_run prints its own lines around the container's output; keep
+        # the container's line (16 hex digits) as the output.
+        grep -oE '\b[0-9a-f]{16}\b' "$dir/$i.cri" | head -n1 >"$dir/$i.out" || cp "$dir/$i.cri" "$dir/$i.out"
+    ) &
+    pids+=("$!")
+done
+on_exit "cri_run --remove-all >/dev/null 2>&1"
+for p in "${pids[@]}"; do wait "$p" || true; done
+secs=$(( $(date +%s) - t0 ))
+note "containerd: $N pods in $secs s"
+for i in $(seq "$N"); do
+    grep -qx 'rc=0' "$dir/$i.rc" 2>/dev/null || { cat "$dir/$i.cri" >"$dir/$i.out" 2>/dev/null || true; }
+done
+judge containerd "$dir" "$(hook_log_new)" "$secs"
+assert_eq "$containers_before" "$(ctr -n k8s.io containers ls -q | wc -l)" \
+    "containerd: containers (with pod sandboxes) before and after the batch"
+none_left containerd
