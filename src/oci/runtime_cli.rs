@@ -64,6 +64,28 @@ const CREATE_BOOL_FLAGS: &[&str] = &[
     "h",
 ];
 
+/// Flags of `exec` that take a value (runc 1.1 and 1.2).
+const EXEC_VALUE_FLAGS: &[&str] = &[
+    "process",
+    "p",
+    "console-socket",
+    "pidfd-socket",
+    "cwd",
+    "env",
+    "e",
+    "user",
+    "u",
+    "additional-gids",
+    "g",
+    "process-label",
+    "apparmor",
+    "cap",
+    "c",
+    "preserve-fds",
+    "pid-file",
+    "cgroup",
+];
+
 /// What the wrapper needs to know about one runtime command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invocation {
@@ -75,6 +97,11 @@ pub struct Invocation {
     /// The runtime's `--log` file and `--log-format`, where errors must go.
     pub log: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// `--process`/`-p` of exec: the JSON file with the process to start.
+    pub process: Option<PathBuf>,
+    /// The arguments before the subcommand (`--root`, `--log`, ...), for a
+    /// `state` query that must see the same containers.
+    pub global_args: Vec<OsString>,
     /// Flags the wrapper does not know. With one of these it cannot be sure
     /// where the bundle is, so it refuses to edit (see [`prepare_bundle`]).
     pub unknown_flags: Vec<String>,
@@ -172,10 +199,48 @@ pub fn parse_args(args: &[OsString]) -> Invocation {
         return inv;
     };
     inv.command = Some(command.to_string_lossy().into_owned());
+    inv.global_args = args[..i].to_vec();
     if inv.edits_bundle() {
         parse_create_args(&args[i + 1..], &mut inv);
+    } else if inv.command.as_deref() == Some("exec") {
+        parse_exec_args(&args[i + 1..], &mut inv);
     }
     inv
+}
+
+/// `exec [flags] <container-id> [command...]`: runc does not move flags
+/// past the id here (the command's own arguments follow it), so the first
+/// positional is the id. Unknown flags make the parse uncertain: no id then.
+fn parse_exec_args(args: &[OsString], inv: &mut Invocation) {
+    let mut i = 0;
+    while i < args.len() {
+        match classify(&args[i]) {
+            Token::EndOfFlags => {
+                i += 1;
+                break;
+            }
+            Token::Positional => break,
+            Token::Flag { name, value } => {
+                if EXEC_VALUE_FLAGS.contains(&name) {
+                    let value = value.or_else(|| {
+                        i += 1;
+                        args.get(i).map(OsString::as_os_str)
+                    });
+                    if matches!(name, "process" | "p") {
+                        inv.process = value.map(PathBuf::from);
+                    }
+                } else if !matches!(
+                    name,
+                    "tty" | "t" | "detach" | "d" | "no-new-privs" | "ignore-paused" | "help" | "h"
+                ) {
+                    inv.unknown_flags.push(name.to_owned());
+                    return;
+                }
+            }
+        }
+        i += 1;
+    }
+    inv.container_id = args.get(i).map(|id| id.to_string_lossy().into_owned());
 }
 
 /// Flags may come after positionals: runc's CLI library moves them to the
@@ -254,6 +319,47 @@ mod tests {
         assert_eq!(inv.log_format.as_deref(), Some("json"));
         assert!(inv.log.unwrap().ends_with("abc/log.json"));
         assert!(inv.unknown_flags.is_empty());
+    }
+
+    #[test]
+    fn exec_command_lines() {
+        // What containerd's runc shim sends for `docker exec` and health checks.
+        let inv = parse(&[
+            "--root",
+            "/run/docker/runtime-runc/moby",
+            "--log",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc/log.json",
+            "--log-format",
+            "json",
+            "exec",
+            "--process",
+            "/tmp/runc-process123",
+            "--detach",
+            "--pid-file",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc/e1.pid",
+            "abc",
+        ]);
+        assert_eq!(inv.command.as_deref(), Some("exec"));
+        assert_eq!(
+            inv.process.as_deref(),
+            Some(Path::new("/tmp/runc-process123"))
+        );
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(inv.global_args.len(), 6);
+        assert_eq!(
+            inv.global_args[1],
+            OsString::from("/run/docker/runtime-runc/moby")
+        );
+        assert!(!inv.edits_bundle());
+
+        let inv = parse(&["exec", "-p=/p.json", "-t", "c1", "sh", "-c", "x"]);
+        assert_eq!(inv.process.as_deref(), Some(Path::new("/p.json")));
+        assert_eq!(inv.container_id.as_deref(), Some("c1"));
+
+        // A flag it does not know: unsure what is the id, so none.
+        let inv = parse(&["exec", "--frobnicate", "--process", "/p.json", "c1"]);
+        assert_eq!(inv.container_id, None);
+        assert_eq!(inv.unknown_flags, vec!["frobnicate".to_string()]);
     }
 
     #[test]
