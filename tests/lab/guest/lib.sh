@@ -439,14 +439,15 @@ cluster_node() {
 # and the C library the binary links), passed as --build-arg BASE.
 load_nri_plugin_image() {
     ctr -n k8s.io images check "name==$NRI_PLUGIN_IMAGE_FULL" 2>/dev/null | grep -q . && return 0
-    [[ -x "$LAB_REPO/target/release/oci-tpm-hook" ]] || fail "target/release/oci-tpm-hook is not built (make build)"
-    local base=localhost/lab-plugin-base:latest root lib tool
+    [[ -x "$LAB_BIN/oci-tpm-hook" ]] || fail "$LAB_BIN/oci-tpm-hook is missing (make build)"
+    local base=localhost/lab-plugin-base:latest root lib tool ctx
     if ! podman image exists "$base"; then
         root=$(mktemp -d /run/lab/plugin-base.XXXXXX)
         mkdir -p "$root/bin" "$root/tmp" "$root/etc"
         cp /bin/busybox "$root/bin/busybox"
         for tool in sh cp mv chmod mkdir ls cat rm; do ln -s busybox "$root/bin/$tool"; done
-        for lib in $(ldd "$LAB_REPO/target/release/oci-tpm-hook" | grep -o '/[^ ]*'); do
+        # A static binary needs no library; a dynamic one gets the ones it links.
+        for lib in $(ldd "$LAB_BIN/oci-tpm-hook" 2>/dev/null | grep -o '/[^ ]*'); do
             mkdir -p "$root$(dirname "$lib")"
             cp -L "$lib" "$root$lib"
         done
@@ -456,8 +457,14 @@ load_nri_plugin_image() {
         podman import --quiet --change 'ENV PATH=/bin:/usr/bin' "$root.tar" "$base" >/dev/null
         rm -rf "$root" "$root.tar"
     fi
+    # The build context: what the Containerfile copies from a repository
+    # after `make build` (the staged repository has no target/).
+    ctx=$(mktemp -d /run/lab/plugin-context.XXXXXX)
+    mkdir -p "$ctx/target/release"
+    cp "$LAB_BIN/oci-tpm-hook" "$ctx/target/release/oci-tpm-hook"
     run podman build --pull=never --build-arg "BASE=$base" \
-        -f "$LAB_REPO/packaging/kubernetes/Containerfile" -t "$NRI_PLUGIN_IMAGE_FULL" "$LAB_REPO"
+        -f "$LAB_REPO/packaging/kubernetes/Containerfile" -t "$NRI_PLUGIN_IMAGE_FULL" "$ctx"
+    rm -rf "$ctx"
     podman save --quiet --format docker-archive -o /run/lab/nri-plugin-image.tar "$NRI_PLUGIN_IMAGE_FULL"
     ctr -n k8s.io images import /run/lab/nri-plugin-image.tar >/dev/null
     rm -f /run/lab/nri-plugin-image.tar
