@@ -9,7 +9,7 @@
 # plugin, the hooks file removed: the same pod gets its TPM through NRI.
 # lab: needs third-party
 # lab: timeout 1800
-# lab: cost 900 (seconds, usual; to split the scenarios between guests)
+# lab: cost 1200 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 
