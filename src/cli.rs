@@ -7,6 +7,7 @@
 //! reach this module: `main` takes them straight to the hook, so a container
 //! that asks for no TPM does not pay for building the parser.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tpm2_selftest::SelfTestLevel;
 
+use crate::core::request;
 use crate::frontend::nri::daemon::{Options as NriOptions, DEFAULT_SOCKET};
 use crate::frontend::nri::stub::Registration;
 
@@ -55,6 +57,35 @@ pub struct HookArgs {
     /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A request annotation, taken as if the container carried it (over its
+    /// own of the same key): how a CDI spec's hook names the TPM its device
+    /// delivers, e.g. oci-tpm-hook/device=tpmrm0
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = request_annotation)]
+    pub annotations: Vec<(String, String)>,
+}
+
+impl HookArgs {
+    /// The annotations given on the command line.
+    pub fn given_annotations(&self) -> BTreeMap<String, String> {
+        self.annotations.iter().cloned().collect()
+    }
+}
+
+/// `oci-tpm-hook/KEY=VALUE`, checked by the request parser every front-end
+/// uses, so a typo fails when the CDI spec is loaded, not per container.
+fn request_annotation(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if !key.starts_with(request::PREFIX) {
+        return Err(format!(
+            "{key:?} is not a request annotation: the key must start with {}",
+            request::PREFIX
+        ));
+    }
+    let alone = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+    request::parse(&alone, None).map_err(|e| e.to_string())?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// The levels a probe may ask for.
@@ -289,6 +320,32 @@ mod tests {
             ("20", false, Some(3))
         );
         assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn the_hook_takes_request_annotations() {
+        let cli = try_parse(&[
+            "hook",
+            "--annotation",
+            "oci-tpm-hook/device=tpmrm1",
+            "--annotation=oci-tpm-hook/self-test=full",
+        ])
+        .unwrap();
+        let Some(Command::Hook(h)) = cli.command else {
+            panic!("hook");
+        };
+        let given = h.given_annotations();
+        assert_eq!(given["oci-tpm-hook/device"], "tpmrm1");
+        assert_eq!(given["oci-tpm-hook/self-test"], "full");
+        for bad in [
+            "oci-tpm-hook/device",
+            "io.example/x=1",
+            "oci-tpm-hook/device=/dev/tpmrm0",
+            "oci-tpm-hook/devcie=tpmrm0",
+        ] {
+            let err = try_parse(&["hook", "--annotation", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
     }
 
     #[test]

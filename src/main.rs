@@ -48,6 +48,7 @@ fn hook_main(args: &HookArgs) -> ExitCode {
     match hook::run(
         std::io::stdin().lock(),
         args.config.as_deref().map(Path::new),
+        &args.given_annotations(),
         &HostRoots::default(),
     ) {
         Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,
