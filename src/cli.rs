@@ -47,6 +47,8 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// The NRI plugin for containerd (1.7 and later) and CRI-O (1.26 and later)
     Nri(NriArgs),
+    /// Container Device Interface: a spec of the host's TPMs for podman, docker, containerd and CRI-O
+    Cdi(CdiArgs),
     /// Write shell completions and man pages (for packaging)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -145,6 +147,39 @@ pub struct NriArgs {
     /// Grant devices without adding the createRuntime hook (for runtimes that refuse hook injection: no self-test)
     #[arg(long)]
     pub no_hook: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CdiArgs {
+    #[command(subcommand)]
+    pub command: CdiCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CdiCommand {
+    /// Write the CDI spec: one device (oci-tpm-hook.dev/tpm=tpmrmN) per TPM the policy allows
+    #[command(after_help = CDI_AFTER_HELP)]
+    Generate(CdiGenerateArgs),
+}
+
+const CDI_AFTER_HELP: &str = "\
+Each device gives the node (mode 0660, the host's tss group), that group as an
+additional GID of the container's process, TPM2TOOLS_TCTI/TSS2_TCTI and the
+hook that self-tests the TPM from inside the container:
+
+  podman run --device oci-tpm-hook.dev/tpm=tpmrm0 IMAGE tpm2_getrandom 8
+
+A host without a TPM the policy allows gets no spec (an existing one is
+removed). The packaged udev rule runs this whenever a TPM appears or goes away.";
+
+#[derive(Args, Debug)]
+pub struct CdiGenerateArgs {
+    /// Where to write the spec (JSON); - for stdout
+    #[arg(long, value_name = "PATH", default_value = crate::frontend::cdi::DEFAULT_OUTPUT)]
+    pub output: PathBuf,
+    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +343,13 @@ mod tests {
             (s.level, s.json, s.timeout_ms),
             (ProbeLevel::Full, true, 5000)
         );
+        let Some(Command::Cdi(CdiArgs {
+            command: CdiCommand::Generate(g),
+        })) = try_parse(&["cdi", "generate"]).unwrap().command
+        else {
+            panic!("cdi generate");
+        };
+        assert_eq!(g.output, PathBuf::from("/var/run/cdi/oci-tpm-hook.json"));
         let Some(Command::Nri(n)) = try_parse(&["nri", "--index=20", "--no-hook"])
             .unwrap()
             .command
@@ -391,6 +433,8 @@ mod tests {
             "oci-tpm-hook.1",
             "oci-tpm-hook-selftest.1",
             "oci-tpm-hook-nri.1",
+            "oci-tpm-hook-cdi.1",
+            "oci-tpm-hook-cdi-generate.1",
             "oci-tpm-runtime.1",
         ] {
             let text = std::fs::read_to_string(dir.path().join("man").join(page)).unwrap();

@@ -9,10 +9,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use oci_tpm_hook::cli::{self, Command, HookArgs};
+use oci_tpm_hook::cli::{self, CdiCommand, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{cdi, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             .options(std::env::var(nri::daemon::SOCKET_ENV).ok())
             .and_then(nri::run)
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::Cdi(a)) => match a.command {
+            CdiCommand::Generate(g) => cdi::main(&g),
+        },
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -6,8 +6,11 @@
 //!   other front-ends add it to the spec for the self-test);
 //! - [`runtime_wrapper`]: `oci-tpm-runtime`, a runc wrapper for docker;
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
-//! - [`selftest`]: a TPM health probe.
+//! - [`selftest`]: a TPM health probe;
+//! - [`cdi`]: a Container Device Interface spec of the host's TPMs, whose
+//!   devices bring the hook along.
 
+pub mod cdi;
 pub mod hook;
 pub mod nri;
 pub mod runtime_report;
