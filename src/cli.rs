@@ -49,6 +49,8 @@ pub enum Command {
     Nri(NriArgs),
     /// Container Device Interface: a spec of the host's TPMs for podman, docker, containerd and CRI-O
     Cdi(CdiArgs),
+    /// Edit an engine's configuration so that it gives containers their TPM (docker, containerd, CRI-O)
+    Configure(ConfigureArgs),
     /// Write shell completions and man pages (for packaging)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -180,6 +182,80 @@ pub struct CdiGenerateArgs {
     /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = CONFIGURE_AFTER_HELP)]
+pub struct ConfigureArgs {
+    #[command(subcommand)]
+    pub command: ConfigureCommand,
+    /// Show the changes as a unified diff; write nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+}
+
+const CONFIGURE_AFTER_HELP: &str = "\
+Edits keep every other setting (keys, their order, comments in TOML) and the
+file's mode and owner; running it again changes nothing; each file is replaced
+atomically. A file that cannot be parsed is refused and left as it is. Nothing
+is restarted: the output says what to restart.";
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigureCommand {
+    /// daemon.json: the runtime "tpm" (oci-tpm-runtime), optionally as the default, optionally CDI
+    Docker(ConfigureDockerArgs),
+    /// NRI on through a drop-in (config version 2: containerd 1.7, 3: containerd 2.x)
+    Containerd(ConfigureContainerdArgs),
+    /// A drop-in in crio.conf.d: NRI on, optionally the hooks directories
+    Crio(ConfigureCrioArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureDockerArgs {
+    /// docker's daemon configuration
+    #[arg(long, value_name = "PATH", default_value = crate::frontend::configure::docker::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The runtime's name (docker run --runtime NAME)
+    #[arg(long, value_name = "NAME", default_value = "tpm", value_parser = non_empty)]
+    pub runtime_name: String,
+    /// The runtime wrapper's path
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/oci-tpm-runtime")]
+    pub runtime_path: PathBuf,
+    /// Make it docker's default runtime: the annotation alone gives a container its TPM
+    #[arg(long)]
+    pub set_as_default: bool,
+    /// Turn on docker's CDI feature (docker 25 or later): docker run --device oci-tpm-hook.dev/tpm=tpmrm0
+    #[arg(long)]
+    pub cdi: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureContainerdArgs {
+    /// containerd's main configuration; it gains the drop-in in `imports`
+    #[arg(long, value_name = "PATH", default_value = crate::frontend::configure::containerd::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Where the drop-in (oci-tpm-hook.toml) goes
+    #[arg(long, value_name = "DIR", default_value = crate::frontend::configure::containerd::DEFAULT_DROP_IN_DIR)]
+    pub drop_in_dir: PathBuf,
+    /// The config version for a config that does not exist yet [default: from `containerd --version`]
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(i64).range(2..=3))]
+    pub config_version: Option<i64>,
+    /// Also turn on CDI in the CRI plugin (enable_cdi = true, in the main config)
+    #[arg(long)]
+    pub cdi: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureCrioArgs {
+    /// Where the drop-in (50-oci-tpm-hook.conf) goes
+    #[arg(long, value_name = "DIR", default_value = crate::frontend::configure::crio::DEFAULT_DROP_IN_DIR)]
+    pub drop_in_dir: PathBuf,
+    /// Leave NRI as it is (use with --hooks-dir)
+    #[arg(long)]
+    pub no_nri: bool,
+    /// Name the hooks directories (/usr/share/containers/oci/hooks.d, /etc/containers/oci/hooks.d)
+    #[arg(long)]
+    pub hooks_dir: bool,
 }
 
 #[derive(Args, Debug)]
@@ -350,6 +426,18 @@ mod tests {
             panic!("cdi generate");
         };
         assert_eq!(g.output, PathBuf::from("/var/run/cdi/oci-tpm-hook.json"));
+        let Some(Command::Configure(c)) = try_parse(&["configure", "docker", "--dry-run", "--cdi"])
+            .unwrap()
+            .command
+        else {
+            panic!("configure");
+        };
+        let ConfigureCommand::Docker(d) = &c.command else {
+            panic!("configure docker");
+        };
+        assert!(c.dry_run && d.cdi && !d.set_as_default);
+        assert_eq!(d.config, PathBuf::from("/etc/docker/daemon.json"));
+        assert_eq!(d.runtime_path, PathBuf::from("/usr/bin/oci-tpm-runtime"));
         let Some(Command::Nri(n)) = try_parse(&["nri", "--index=20", "--no-hook"])
             .unwrap()
             .command
@@ -399,6 +487,9 @@ mod tests {
             &["nri", "--index", "7"],
             &["nri", "--name", ""],
             &["nri", "--socket"],
+            &["configure"],
+            &["configure", "podman"],
+            &["configure", "containerd", "--config-version", "1"],
             &["--frob"],
         ] {
             let err = try_parse(bad).unwrap_err();
@@ -435,6 +526,10 @@ mod tests {
             "oci-tpm-hook-nri.1",
             "oci-tpm-hook-cdi.1",
             "oci-tpm-hook-cdi-generate.1",
+            "oci-tpm-hook-configure.1",
+            "oci-tpm-hook-configure-docker.1",
+            "oci-tpm-hook-configure-containerd.1",
+            "oci-tpm-hook-configure-crio.1",
             "oci-tpm-runtime.1",
         ] {
             let text = std::fs::read_to_string(dir.path().join("man").join(page)).unwrap();

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use oci_tpm_hook::cli::{self, CdiCommand, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{cdi, nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{cdi, configure, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Some(Command::Cdi(a)) => match a.command {
             CdiCommand::Generate(g) => cdi::main(&g),
         },
+        Some(Command::Configure(a)) => configure::main(&a),
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -8,9 +8,12 @@
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
 //! - [`selftest`]: a TPM health probe;
 //! - [`cdi`]: a Container Device Interface spec of the host's TPMs, whose
-//!   devices bring the hook along.
+//!   devices bring the hook along;
+//! - [`configure`]: the engines' configuration files edited to use the
+//!   above (docker's runtime, containerd's and CRI-O's NRI).
 
 pub mod cdi;
+pub mod configure;
 pub mod hook;
 pub mod nri;
 pub mod runtime_report;
