@@ -374,7 +374,11 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> anyhow::Result<()> {
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
     let file = dir.join(format!("{name}.1"));
     std::fs::write(&file, page).with_context(|| format!("cannot write {}", file.display()))?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommand gets no page: each page has its help.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let sub = sub
             .clone()
             .name(format!("{name}-{}", sub.get_name()))
@@ -535,7 +539,16 @@ mod tests {
             let text = std::fs::read_to_string(dir.path().join("man").join(page)).unwrap();
             assert!(text.contains(".TH"), "{page}");
         }
-        assert!(!dir.path().join("man/oci-tpm-hook-generate.1").exists());
+        let pages: Vec<String> = std::fs::read_dir(dir.path().join("man"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !pages
+                .iter()
+                .any(|p| p.contains("-help") || p.contains("-generate.1") && !p.contains("cdi")),
+            "no pages for `help` or the hidden `generate`: {pages:?}"
+        );
         for f in [
             "oci-tpm-hook.bash",
             "_oci-tpm-hook",
