@@ -29,9 +29,12 @@ pub struct ProcessIdentity {
     /// this list before they write the spec).
     pub additional_gids: Vec<u32>,
     pub umask: Option<u32>,
-    /// `process.capabilities.effective`, by name (`CAP_DAC_OVERRIDE`).
+    /// The effective capabilities the process has once started, by name
+    /// (`CAP_DAC_OVERRIDE`): `process.capabilities.effective` for root, the
+    /// ambient ones that are also permitted and inheritable for any other
+    /// user (what execve leaves it).
     pub effective_caps: BTreeSet<String>,
-    /// `process.capabilities.permitted`.
+    /// The permitted ones, the same way.
     pub permitted_caps: BTreeSet<String>,
 }
 
@@ -85,13 +88,30 @@ impl ProcessIdentity {
                 Some(other) => bail!("/process/capabilities/{set} is {other}, not a list"),
             }
         };
+        let uid = id("uid")?;
+        let (effective_caps, permitted_caps) = if uid == 0 {
+            (caps("effective")?, caps("permitted")?)
+        } else {
+            // The runtime sets these sets and then executes the process as
+            // a non-root user: execve keeps only the ambient capabilities
+            // (which must also be permitted and inheritable); a program
+            // without file capabilities gets no others (capabilities(7)).
+            // docker writes its whole default set as effective for every
+            // user, and a process of uid 1000 still has none of it.
+            let (permitted, inheritable) = (caps("permitted")?, caps("inheritable")?);
+            let kept: BTreeSet<String> = caps("ambient")?
+                .into_iter()
+                .filter(|c| permitted.contains(c) && inheritable.contains(c))
+                .collect();
+            (kept.clone(), kept)
+        };
         Ok(Self {
-            uid: id("uid")?,
+            uid,
             gid: id("gid")?,
             additional_gids,
             umask,
-            effective_caps: caps("effective")?,
-            permitted_caps: caps("permitted")?,
+            effective_caps,
+            permitted_caps,
         })
     }
 
@@ -139,7 +159,7 @@ pub enum AccessClass {
     Owner,
     Group,
     Other,
-    /// `CAP_DAC_OVERRIDE` in the spec's effective set.
+    /// `CAP_DAC_OVERRIDE` among the capabilities the process keeps.
     Capability,
 }
 
@@ -281,10 +301,44 @@ mod tests {
         let p = ProcessIdentity::from_spec(&spec).unwrap();
         assert_eq!((p.uid, p.gid, p.umask), (1000, 1000, Some(0o22)));
         assert_eq!(p.groups(), [1000, 102]);
-        assert!(p.effective_caps.contains("CAP_CHOWN") && p.permitted_caps.len() == 2);
         assert_eq!(p.to_string(), "uid 1000, gid 1000, groups 1000,102");
         let root = ProcessIdentity::from_spec(&json!({})).unwrap();
         assert_eq!((root.uid, root.gid), (0, 0));
+        let root = ProcessIdentity::from_spec(&json!({"process": {
+            "capabilities": {"effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN", "CAP_KILL"]}
+        }}))
+        .unwrap();
+        assert!(root.effective_caps.contains("CAP_CHOWN") && root.permitted_caps.len() == 2);
+    }
+
+    #[test]
+    fn a_non_root_process_keeps_only_its_ambient_capabilities() {
+        // What docker writes for --user 1000: its default set everywhere
+        // but ambient. The process it starts has none of them.
+        let all = json!(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_KILL"]);
+        let docker = json!({"process": {
+            "user": {"uid": 1000, "gid": 1000},
+            "capabilities": {"bounding": all, "effective": all, "permitted": all, "inheritable": all}
+        }});
+        let p = ProcessIdentity::from_spec(&docker).unwrap();
+        assert!(
+            p.effective_caps.is_empty() && p.permitted_caps.is_empty(),
+            "{p:?}"
+        );
+        let denied = check_access(&p, NODE, None).unwrap_err();
+        assert_eq!(denied.group_inside, Some(102));
+        // Ambient ones survive, if also permitted and inheritable.
+        let ambient = json!({"process": {
+            "user": {"uid": 1000, "gid": 1000},
+            "capabilities": {"effective": all, "permitted": all, "inheritable": ["CAP_DAC_OVERRIDE"],
+                             "ambient": ["CAP_DAC_OVERRIDE", "CAP_KILL"]}
+        }});
+        let p = ProcessIdentity::from_spec(&ambient).unwrap();
+        assert_eq!(
+            p.effective_caps,
+            BTreeSet::from(["CAP_DAC_OVERRIDE".to_string()])
+        );
+        assert_eq!(check_access(&p, NODE, None), Ok(AccessClass::Capability));
     }
 
     #[test]
@@ -298,6 +352,7 @@ mod tests {
             json!({"process": {"user": {"umask": 4096}}}),
             json!({"process": {"capabilities": {"effective": "CAP_KILL"}}}),
             json!({"process": {"capabilities": {"effective": [1]}}}),
+            json!({"process": {"user": {"uid": 5}, "capabilities": {"ambient": "CAP_KILL"}}}),
         ] {
             assert!(ProcessIdentity::from_spec(&bad).is_err(), "{bad}");
         }
