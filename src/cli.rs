@@ -47,6 +47,8 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// The NRI plugin for containerd (1.7 and later) and CRI-O (1.26 and later)
     Nri(NriArgs),
+    /// Check this host: TPM, device nodes, group, policy, and each container engine; each failure with its fix
+    Doctor(DoctorArgs),
     /// Container Device Interface: a spec of the host's TPMs for podman, docker, containerd and CRI-O
     Cdi(CdiArgs),
     /// Edit an engine's configuration so that it gives containers their TPM (docker, containerd, CRI-O)
@@ -149,6 +151,16 @@ pub struct NriArgs {
     /// Grant devices without adding the createRuntime hook (for runtimes that refuse hook injection: no self-test)
     #[arg(long)]
     pub no_hook: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// One JSON object instead of the table
+    #[arg(long)]
+    pub json: bool,
+    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -528,6 +540,7 @@ mod tests {
             "oci-tpm-hook.1",
             "oci-tpm-hook-selftest.1",
             "oci-tpm-hook-nri.1",
+            "oci-tpm-hook-doctor.1",
             "oci-tpm-hook-cdi.1",
             "oci-tpm-hook-cdi-generate.1",
             "oci-tpm-hook-configure.1",

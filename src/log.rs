@@ -154,9 +154,12 @@ pub fn granted(front_end: &str, subject: &Subject, grant: &Grant, details: &str)
         device = %grant.container_path.display(),
         major_minor = %format!("{}:{}", grant.device.major, grant.device.minor),
         details,
-        "{}: TPM {} granted in the spec",
+        "{}: granted TPM {} ({}:{}) as {}: {details}",
         subject.describe(),
         grant.device.name,
+        grant.device.major,
+        grant.device.minor,
+        grant.container_path.display(),
     );
 }
 

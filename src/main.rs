@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use oci_tpm_hook::cli::{self, CdiCommand, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{cdi, configure, nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{cdi, configure, doctor, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             CdiCommand::Generate(g) => cdi::main(&g),
         },
         Some(Command::Configure(a)) => configure::main(&a),
+        Some(Command::Doctor(a)) => doctor::main(a.json, a.config),
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

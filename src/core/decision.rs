@@ -75,6 +75,11 @@ impl fmt::Display for Refusal {
 /// Request → policy → host: what to do with the container.
 pub fn decide(subject: &Subject, policy: &Policy, host: &HostRoots) -> Decision {
     let who = subject.describe();
+    if subject.requester().is_sandbox {
+        // A pod's infra container carries the pod's annotations under CRI-O
+        // but never uses a TPM.
+        return Decision::NotRequested;
+    }
     let request = match request::parse(&subject.annotations, subject.container_name.as_deref()) {
         Ok(Some(r)) => r,
         Ok(None) => return Decision::NotRequested,
@@ -175,6 +180,26 @@ mod tests {
     }
 
     #[test]
+    fn infra_containers_get_nothing() {
+        let host = FakeHost::with_tpm();
+        for key in [
+            "io.kubernetes.cri.container-type",
+            "io.kubernetes.cri-o.ContainerType",
+        ] {
+            let s = subject(&[("oci-tpm-hook/device", "tpmrm0"), (key, "sandbox")]);
+            assert!(matches!(
+                decide(&s, &Policy::default(), &host.roots),
+                Decision::NotRequested
+            ));
+            let app = subject(&[("oci-tpm-hook/device", "tpmrm0"), (key, "container")]);
+            assert!(matches!(
+                decide(&app, &Policy::default(), &host.roots),
+                Decision::Grant(_)
+            ));
+        }
+    }
+
+    #[test]
     fn no_request_no_grant() {
         let host = FakeHost::with_tpm();
         assert!(matches!(
@@ -255,5 +280,49 @@ mod tests {
         );
         s.pod_namespace = Some("attest".into());
         assert!(matches!(decide(&s, &p, &host.roots), Decision::Grant(_)));
+    }
+
+    /// What the lab saw: under CRI-O a pod in tpm-other claimed tpm-demo
+    /// through containerd's key (or an empty one); under containerd, through
+    /// CRI-O's. Both must be refused; the honest pod is admitted.
+    #[test]
+    fn a_pod_cannot_claim_another_namespace() {
+        let host = FakeHost::with_tpm();
+        let mut p = Policy::default();
+        p.kubernetes.namespaces = vec!["tpm-demo".into()];
+        let pod = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("oci-tpm-hook/device", "tpmrm0")];
+            pairs.extend_from_slice(extra);
+            subject(&pairs)
+        };
+        let crio_engine = ("io.kubernetes.pod.namespace", "tpm-other");
+        let containerd_engine = ("io.kubernetes.cri.sandbox-namespace", "tpm-other");
+        for spoof in [
+            pod(&[
+                crio_engine,
+                ("io.kubernetes.cri.sandbox-namespace", "tpm-demo"),
+            ]),
+            pod(&[crio_engine, ("io.kubernetes.cri.sandbox-namespace", "")]),
+            pod(&[crio_engine, ("io.kubernetes.cri-o.Namespace", "tpm-demo")]),
+            pod(&[
+                containerd_engine,
+                ("io.kubernetes.pod.namespace", "tpm-demo"),
+            ]),
+        ] {
+            let (required, msg) = refusal(decide(&spoof, &p, &host.roots));
+            assert!(
+                required && (msg.contains("may not ask") || msg.contains("is empty")),
+                "{msg}"
+            );
+        }
+        let honest = pod(&[("io.kubernetes.pod.namespace", "tpm-demo")]);
+        assert!(matches!(
+            decide(&honest, &p, &host.roots),
+            Decision::Grant(_)
+        ));
+        // NRI: the runtime's own word replaces whatever the annotations say.
+        let mut nri = pod(&[("io.kubernetes.pod.namespace", "tpm-other")]);
+        nri.pod_namespace = Some("tpm-demo".into());
+        assert!(matches!(decide(&nri, &p, &host.roots), Decision::Grant(_)));
     }
 }

@@ -310,14 +310,32 @@ impl Policy {
 
     /// Checks who is asking. Which device may be handed out is decided once
     /// the device is known (see [`Policy::device_allowed`]).
+    ///
+    /// With a namespace list, every namespace the container claims must be
+    /// on it (see [`Requester::namespace_claims`]): a pod can add claims but
+    /// never remove the one its engine wrote, so a pod from another
+    /// namespace cannot pass by claiming an allowed one, nor by an empty
+    /// value.
     pub fn admit(&self, requester: &Requester) -> Result<(), String> {
         let allowed = &self.kubernetes.namespaces;
-        match &requester.pod_namespace {
-            Some(ns) if !allowed.is_empty() && !allowed.iter().any(|a| glob_match(a, ns)) => Err(format!(
-                "Kubernetes namespace {ns:?} may not ask for a TPM (policy [kubernetes] namespaces = {allowed:?})"
-            )),
-            _ => Ok(()),
+        if allowed.is_empty() {
+            return Ok(());
         }
+        for (key, ns) in &requester.namespace_claims {
+            let ns_shown = crate::text::untrusted(ns);
+            let key_shown = crate::text::untrusted(key);
+            if ns.is_empty() {
+                return Err(format!(
+                    "{key_shown} is empty: a pod whose Kubernetes namespace is not known may not ask for a TPM (policy [kubernetes] namespaces = {allowed:?})"
+                ));
+            }
+            if !allowed.iter().any(|a| glob_match(a, ns)) {
+                return Err(format!(
+                    "Kubernetes namespace {ns_shown:?} ({key_shown}) may not ask for a TPM (policy [kubernetes] namespaces = {allowed:?})"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn self_test_level(&self, request: &TpmRequest) -> SelfTestLevel {
@@ -418,15 +436,36 @@ mod tests {
         assert_eq!(p.self_test.level, SelfTestLevel::Full);
         assert_eq!(p.self_test_timeout(), Duration::from_secs(8));
         assert_eq!(p.log.target, LogTarget::Stderr);
-        let ns = |n: &str| Requester {
-            pod_namespace: Some(n.into()),
+        let claims = |pairs: &[(&str, &str)]| Requester {
+            namespace_claims: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         };
-        assert!(p.admit(&ns("attest")).is_ok());
-        assert!(p.admit(&ns("lic-prod")).is_ok());
-        let err = p.admit(&ns("default")).unwrap_err();
-        assert!(err.contains("\"default\""), "{err}");
+        let (cri, crio) = (
+            "io.kubernetes.cri.sandbox-namespace",
+            "io.kubernetes.pod.namespace",
+        );
+        assert!(p.admit(&claims(&[(cri, "attest")])).is_ok());
+        assert!(p.admit(&claims(&[(crio, "lic-prod")])).is_ok());
+        let err = p.admit(&claims(&[(cri, "default")])).unwrap_err();
+        assert!(err.contains("\"default\"") && err.contains(cri), "{err}");
+        // Not a pod: the list does not apply.
         assert!(p.admit(&Requester::default()).is_ok());
+        // A pod under CRI-O (pod.namespace is the engine's) claiming an
+        // allowed namespace through containerd's key, and the reverse.
+        assert!(p
+            .admit(&claims(&[(cri, "attest"), (crio, "default")]))
+            .is_err());
+        assert!(p
+            .admit(&claims(&[(cri, "default"), (crio, "attest")]))
+            .is_err());
+        // An empty claim hides nothing.
+        let err = p
+            .admit(&claims(&[(cri, ""), (crio, "attest")]))
+            .unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
     }
 
     #[test]

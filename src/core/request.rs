@@ -21,12 +21,22 @@ const CONTAINER_NAME_KEYS: [&str; 2] = [
     "io.kubernetes.cri.container-name",
     "io.kubernetes.container.name",
 ];
-/// Kubernetes pod-namespace annotations: containerd's CRI plugin, then CRI-O.
-const POD_NAMESPACE_KEYS: [&str; 2] = [
+/// Kubernetes pod-namespace annotations: containerd's CRI plugin, then
+/// CRI-O (which also sets its own key on a pod's infra container). Each
+/// engine writes its own key after copying the pod author's annotations, so
+/// a pod cannot change that one, but it can add the others: see
+/// [`Requester::namespace_claims`].
+pub const POD_NAMESPACE_KEYS: [&str; 3] = [
     "io.kubernetes.cri.sandbox-namespace",
     "io.kubernetes.pod.namespace",
+    "io.kubernetes.cri-o.Namespace",
 ];
 const POD_NAME_KEYS: [&str; 2] = ["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"];
+/// Whether a container is a pod's infra container: containerd, then CRI-O.
+const CONTAINER_TYPE_KEYS: [&str; 2] = [
+    "io.kubernetes.cri.container-type",
+    "io.kubernetes.cri-o.ContainerType",
+];
 
 /// Which host TPM the container asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +73,16 @@ pub struct Requester {
     pub container_name: Option<String>,
     pub pod_namespace: Option<String>,
     pub pod_name: Option<String>,
+    /// Every namespace the container's annotations claim, as (key, value),
+    /// empty values included. containerd writes only
+    /// `io.kubernetes.cri.sandbox-namespace` and CRI-O only
+    /// `io.kubernetes.pod.namespace`, each after the pod's own annotations,
+    /// so the engine's key is always true and a pod can only add others:
+    /// the policy admits a container only when every claim is allowed.
+    pub namespace_claims: Vec<(String, String)>,
+    /// A pod's infra ("pause") container: CRI-O copies the pod's
+    /// annotations into its spec too, but it runs nothing that needs a TPM.
+    pub is_sandbox: bool,
 }
 
 impl Requester {
@@ -77,6 +97,13 @@ impl Requester {
             container_name: first(&CONTAINER_NAME_KEYS),
             pod_namespace: first(&POD_NAMESPACE_KEYS),
             pod_name: first(&POD_NAME_KEYS),
+            namespace_claims: POD_NAMESPACE_KEYS
+                .iter()
+                .filter_map(|k| Some((k.to_string(), annotations.get(*k)?.clone())))
+                .collect(),
+            is_sandbox: CONTAINER_TYPE_KEYS
+                .iter()
+                .any(|k| annotations.get(*k).is_some_and(|v| v == "sandbox")),
         }
     }
 }

@@ -26,8 +26,10 @@ impl Subject {
         if self.container_name.is_some() {
             r.container_name.clone_from(&self.container_name);
         }
-        if self.pod_namespace.is_some() {
-            r.pod_namespace.clone_from(&self.pod_namespace);
+        if let Some(ns) = &self.pod_namespace {
+            // The runtime said so itself (NRI): that is the only claim.
+            r.pod_namespace = Some(ns.clone());
+            r.namespace_claims = vec![("the runtime's pod namespace".into(), ns.clone())];
         }
         r
     }

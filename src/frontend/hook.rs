@@ -69,6 +69,18 @@ pub struct Delivery {
     /// Who the self-test ran as, and what it found.
     pub self_test: Option<SelfTested>,
     pub duration: Duration,
+    /// Where the time went, for the log and `make bench`.
+    pub phases: Phases,
+}
+
+/// Milliseconds spent in each step of a delivery, from the hook's start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    /// Policy, host validation, config.json, the access check.
+    pub plan_ms: u64,
+    pub node_ms: u64,
+    pub cgroup_ms: u64,
+    pub self_test_ms: u64,
 }
 
 /// The answer of the child that ran the self-test as the container's
@@ -324,18 +336,24 @@ fn deliver(
     grant: &Grant,
     started: Instant,
 ) -> anyhow::Result<Delivery> {
+    let ms = |since: Instant| since.elapsed().as_millis() as u64;
+    let mut phases = Phases::default();
     check_privileges()?;
     let bundle = BundleFile::load(&state.bundle)?;
     let plan = plan(state, subject, grant, &bundle.spec, started)?;
     let cgroup = devcgroup::locate(state.pid)
         .with_context(|| format!("cannot find the cgroup of container process {}", state.pid))?;
     let process = ContainerProcess::open(state.pid)?;
+    phases.plan_ms = ms(started);
 
     // The node first: it refuses whatever the image planted at its path
     // before the cgroup changes.
+    let t = Instant::now();
     let node = make_node(&process, &plan)?;
+    phases.node_ms = ms(t);
     let mut rule: Option<DeviceGrant> = None;
     let outcome = (|| {
+        let t = Instant::now();
         let cgroup_outcome = if plan.rule_in_spec {
             "in-spec".to_owned()
         } else {
@@ -345,7 +363,10 @@ fn deliver(
             rule = Some(granted);
             shown
         };
+        phases.cgroup_ms = ms(t);
+        let t = Instant::now();
         let self_test = self_test_as_the_process(&process, &cgroup, &plan, grant.self_test)?;
+        phases.self_test_ms = ms(t);
         Ok((cgroup_outcome, self_test))
     })();
     match outcome {
@@ -356,6 +377,7 @@ fn deliver(
             node,
             self_test,
             duration: started.elapsed(),
+            phases,
         }),
         Err(e) => {
             take_back(&process, &plan, node, rule);
@@ -464,6 +486,10 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
         manufacturer,
         firmware,
         duration_ms = d.duration.as_millis() as u64,
+        plan_ms = d.phases.plan_ms,
+        node_ms = d.phases.node_ms,
+        cgroup_ms = d.phases.cgroup_ms,
+        self_test_ms = d.phases.self_test_ms,
         "TPM delivered"
     );
 }

@@ -7,6 +7,7 @@
 //! - [`runtime_wrapper`]: `oci-tpm-runtime`, a runc wrapper for docker;
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
 //! - [`selftest`]: a TPM health probe;
+//! - [`doctor`]: the host checked, each failure with its fix;
 //! - [`cdi`]: a Container Device Interface spec of the host's TPMs, whose
 //!   devices bring the hook along;
 //! - [`configure`]: the engines' configuration files edited to use the
@@ -14,6 +15,7 @@
 
 pub mod cdi;
 pub mod configure;
+pub mod doctor;
 pub mod hook;
 pub mod nri;
 pub mod runtime_report;

@@ -26,7 +26,7 @@ run_mmdebstrap_for_guest_root() {
         --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         --customize-hook="sync-in $BAKED_DIR /" \
-        --customize-hook='mkdir -p "$1/lab/repo" "$1/lab/bin" "$1/lab/image" "$1/lab/out"' \
+        --customize-hook='mkdir -p "$1/lab/repo" "$1/lab/bin" "$1/lab/image" "$1/lab/out" "$1/lab/third-party"' \
         --customize-hook='chroot "$1" sh -c "getent group tss >/dev/null"' \
         "$LAB_SUITE" "$target" "$mirror" >&2
 }

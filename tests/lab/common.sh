@@ -48,3 +48,40 @@ cache_key_of() {
 
 # Seconds since the epoch, for timing.
 now() { date +%s; }
+
+# ---------------------------------------------------------------- third-party sources
+
+# Names and sha256 of the pinned CRI-O and Kubernetes source tarballs.
+THIRD_PARTY_SUMS="$LAB_DIR/third-party.sha256"
+
+# Where the tarballs are looked for: $LAB_THIRD_PARTY, else ../shared/third_party
+# next to the repository when that directory exists. Prints nothing when neither.
+third_party_dir() {
+    if [[ -n "${LAB_THIRD_PARTY:-}" ]]; then
+        echo "$LAB_THIRD_PARTY"
+    elif [[ -d "$REPO_DIR/../shared/third_party" ]]; then
+        (cd "$REPO_DIR/../shared/third_party" && pwd)
+    fi
+}
+
+# The tarball file names, one a line.
+third_party_tarballs() { awk 'NF == 2 {print $2}' "$THIRD_PARTY_SUMS"; }
+
+# Why the tarballs cannot be used, in one line; nothing when they are all there.
+third_party_missing() {
+    local dir name missing=()
+    dir=$(third_party_dir)
+    if [[ -z "$dir" ]]; then
+        echo "LAB_THIRD_PARTY is not set (and no ../shared/third_party next to the repository)"
+        return
+    fi
+    while read -r name; do
+        [[ -f "$dir/$name" ]] || missing+=("$name")
+    done < <(third_party_tarballs)
+    [[ ${#missing[@]} -eq 0 ]] || echo "not in $dir: ${missing[*]}"
+}
+
+# How to provide them, for the loud line of a skipped scenario.
+third_party_howto() {
+    echo "put $(third_party_tarballs | paste -sd' ' -) (sha256 in tests/lab/third-party.sha256) into a directory and set LAB_THIRD_PARTY=DIR"
+}

@@ -10,18 +10,39 @@
 # Exit status 0 only if every scenario passed. swtpm and the VM are always
 # stopped, also on errors and Ctrl-C.
 #
-# Settings (environment): LAB_MEMORY (3G), LAB_CPUS (1),
-# LAB_BOOT_TIMEOUT (600 s until the guest starts the first scenario),
-# LAB_SCENARIO_TIMEOUT (900 s per scenario), LAB_CACHE, LAB_MIRROR.
+# Settings (environment): LAB_MEMORY (3G; 4G when a scenario needs the
+# cluster), LAB_CPUS (1), LAB_BOOT_TIMEOUT (600 s until the guest starts the
+# first scenario), LAB_SCENARIO_TIMEOUT (900 s per scenario),
+# LAB_FIXTURE_TIMEOUT (2400 s for a fixture to start), LAB_CACHE, LAB_MIRROR,
+# LAB_THIRD_PARTY (where the CRI-O and Kubernetes source tarballs are),
+# LAB_GUESTS (guests booted side by side, each with one vCPU and its own
+# swtpm; default: 2 on a host with two or more cores, else 1).
+#
+# With two guests the scenarios are split so that both finish at about the
+# same time: a scenario's header may give its usual duration in seconds
+# ("# lab: cost N"; 200 when absent), the scenarios sharing a fixture stay
+# in one guest (the fixture boots once), and scenarios marked run-last are
+# spread over the guests. Each guest's output is printed whole at the end,
+# with a progress line per scenario while they run.
+#
+# A scenario's header may say what it needs: "# lab: needs third-party" (the
+# CRI-O and Kubernetes binaries, built on the host from pinned sources by
+# build-third-party.sh and shared at /lab/third-party) or the name of a guest
+# fixture (guest/fixtures/NAME.sh, e.g. "cluster"; a fixture's own "needs"
+# line counts too). Without the sources such scenarios are skipped with a
+# loud line saying how to provide them; under CI=true they fail instead.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+LAB_MEMORY_SET="${LAB_MEMORY:-}"
 LAB_MEMORY="${LAB_MEMORY:-3G}"
 # One vCPU: with two, the guest kernel sometimes oopses on an int3 left by
 # live code patching (static keys) under QEMU software emulation.
 LAB_CPUS="${LAB_CPUS:-1}"
 LAB_BOOT_TIMEOUT="${LAB_BOOT_TIMEOUT:-600}"
 LAB_SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
+LAB_FIXTURE_TIMEOUT="${LAB_FIXTURE_TIMEOUT:-2400}"
+FIXTURE_DIR="$LAB_DIR/guest/fixtures"
 # LAB_SCENARIO_DIR (relative to the repository) runs scripts from elsewhere,
 # e.g. the benchmarks in tests/bench/lab.
 LAB_SCENARIO_DIR="${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
@@ -30,13 +51,18 @@ PROJECT_BINARIES=(oci-tpm-hook oci-tpm-runtime)
 RUNS_TO_KEEP=20
 
 SCENARIOS=()
+NOT_RUN=()          # scenarios skipped (or failed under CI=true) before the boot
+NOT_RUN_REASON=""
+THIRD_PARTY=""      # host directory with the CRI-O and Kubernetes binaries, when needed
 RUN_DIR=""          # logs and results of this run (kept)
 TPM_DIR=""          # swtpm state and socket (removed at exit)
 SWTPM_PID=""
 VM_PGID=""          # vng runs in its own session; this is its process group
 PASSED=0
 FAILED=0
+SKIPPED=0
 declare -A REPORTED=()
+declare -A FIXTURE_REPORTED=()
 
 # ---------------------------------------------------------------- scenarios
 
@@ -60,21 +86,121 @@ choose_scenarios() {
         [[ -f "$SCENARIO_DIR/$name.sh" ]] \
             || die "unknown scenario '$name' (have: $(all_scenarios | paste -sd' ' -))"
     done
-    move_run_last_scenarios_to_the_end
+    order_scenarios
 }
 
-# A scenario that changes the guest for good (e.g. mounts cgroup v1
-# controllers) says so with a line "# lab: run-last"; it runs after the others.
-move_run_last_scenarios_to_the_end() {
-    local name first=() last=()
+# The words of a script's "# lab: needs" lines.
+needs_of() { sed -n 's/^# lab: needs //p' "$1" | tr ', ' '\n\n' | grep -v '^$' || true; }
+
+# scenario_fixtures NAME: the guest fixtures the scenario needs.
+scenario_fixtures() {
+    local need
+    for need in $(needs_of "$SCENARIO_DIR/$1.sh"); do
+        [[ -f "$FIXTURE_DIR/$need.sh" ]] && echo "$need"
+    done
+    return 0
+}
+
+# scenario_needs_third_party NAME: directly, or through one of its fixtures.
+scenario_needs_third_party() {
+    local fixture
+    needs_of "$SCENARIO_DIR/$1.sh" | grep -qx third-party && return 0
+    for fixture in $(scenario_fixtures "$1"); do
+        needs_of "$FIXTURE_DIR/$fixture.sh" | grep -qx third-party && return 0
+    done
+    return 1
+}
+
+# run_last_rank NAME: 0 for a plain scenario; N for "# lab: run-last N"
+# (1 when N is absent). Among run-last scenarios the higher rank runs later:
+# one that unbinds the TPM's driver goes after one that only mounts cgroup v1.
+run_last_rank() {
+    local line
+    line=$(grep -m1 '^# lab: run-last' "$SCENARIO_DIR/$1.sh" || true)
+    [[ -n "$line" ]] || { echo 0; return; }
+    line=${line#\# lab: run-last}
+    [[ "$line" =~ ^[[:space:]]+([0-9]+) ]] && { echo "${BASH_REMATCH[1]}"; return; }
+    echo 1
+}
+
+# cost_of FILE: its "# lab: cost N" (seconds), 200 when it says nothing.
+cost_of() {
+    local n
+    n=$(sed -n 's/^# lab: cost \([0-9][0-9]*\).*/\1/p' "$1" | head -n1)
+    echo "${n:-200}"
+}
+
+# Order: plain scenarios; then those that need a fixture, grouped by fixture
+# (so each fixture is up once, and gone before the scenarios after it); then
+# those marked "# lab: run-last" (they change the guest for good, e.g. mount
+# cgroup v1 controllers), by rank.
+order_scenarios() {
+    local name fixtures first=() last=() with_fixture=()
     for name in "${SCENARIOS[@]}"; do
-        if grep -q '^# lab: run-last' "$SCENARIO_DIR/$name.sh"; then
-            last+=("$name")
+        fixtures=$(scenario_fixtures "$name" | paste -sd' ' -)
+        if [[ $(run_last_rank "$name") -gt 0 ]]; then
+            last+=("$(run_last_rank "$name")|$name")
+        elif [[ -n "$fixtures" ]]; then
+            with_fixture+=("$fixtures|$name")
         else
             first+=("$name")
         fi
     done
-    SCENARIOS=("${first[@]}" "${last[@]}")
+    if [[ ${#with_fixture[@]} -gt 0 ]]; then
+        mapfile -t with_fixture < <(printf '%s\n' "${with_fixture[@]}" | sort -s -t'|' -k1,1 | cut -d'|' -f2)
+    fi
+    if [[ ${#last[@]} -gt 0 ]]; then
+        mapfile -t last < <(printf '%s\n' "${last[@]}" | sort -s -t'|' -k1,1n | cut -d'|' -f2)
+    fi
+    SCENARIOS=("${first[@]}" "${with_fixture[@]}" "${last[@]}")
+}
+
+# Build (or reuse) the CRI-O and Kubernetes binaries when a chosen scenario
+# needs them. Without the sources: skip those scenarios loudly, or under
+# CI=true fail them.
+prepare_third_party() {
+    local name needing=() keep=() rc=0 out
+    for name in "${SCENARIOS[@]}"; do
+        scenario_needs_third_party "$name" && needing+=("$name")
+    done
+    [[ ${#needing[@]} -gt 0 ]] || return 0
+    out=$("$LAB_DIR/build-third-party.sh") || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        THIRD_PARTY="$out"
+        say "CRI-O and Kubernetes binaries: $THIRD_PARTY/bin (in the guest: /lab/third-party/bin)"
+        return 0
+    fi
+    if [[ $rc -eq 3 ]]; then
+        NOT_RUN_REASON="the CRI-O and Kubernetes sources are absent ($(third_party_missing)); to run: $(third_party_howto)"
+    else
+        NOT_RUN_REASON="building CRI-O and Kubernetes failed (exit $rc; see the messages above)"
+    fi
+    for name in "${SCENARIOS[@]}"; do
+        if printf '%s\n' "${needing[@]}" | grep -qx "$name"; then
+            NOT_RUN+=("$name")
+        else
+            keep+=("$name")
+        fi
+    done
+    SCENARIOS=("${keep[@]}")
+    if [[ $rc -eq 3 && "${CI:-}" != true ]]; then
+        say "SKIPPING ${NOT_RUN[*]}: $NOT_RUN_REASON"
+    else
+        say "FAILING ${NOT_RUN[*]}: $NOT_RUN_REASON${CI:+ (CI=$CI: lab scenarios are never skipped)}"
+    fi
+}
+
+# The cluster needs more memory than the other scenarios (API server, etcd,
+# kubelet, two image stores on tmpfs).
+choose_memory() {
+    local name
+    [[ -z "$LAB_MEMORY_SET" ]] || return 0
+    for name in "${SCENARIOS[@]}"; do
+        if scenario_fixtures "$name" | grep -qx cluster; then
+            LAB_MEMORY=4G
+        fi
+    done
+    return 0
 }
 
 # ---------------------------------------------------------------- run dir
@@ -137,7 +263,7 @@ start_swtpm() {
 start_vm() {
     local root="$1" image="$2" kernel guest_cmd
     kernel=$(ls "$root"/boot/vmlinuz-* | head -n1)
-    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
+    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_FIXTURE_TIMEOUT=$LAB_FIXTURE_TIMEOUT LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
     # setsid: vng and its qemu get their own process group, which we stop as a whole.
     setsid vng --run "$kernel" --root "$root" \
         --disable-kvm --disable-microvm --verbose \
@@ -147,6 +273,7 @@ start_vm() {
         --rodir="/lab/bin=$RUN_DIR/bin" \
         --rodir="/lab/image=$image" \
         --rwdir="/lab/out=$RUN_DIR/results" \
+        ${THIRD_PARTY:+--rodir="/lab/third-party=$THIRD_PARTY"} \
         --qemu-opts="-chardev socket,id=chrtpm,path=$TPM_DIR/ctrl.sock -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0" \
         --exec "$guest_cmd" </dev/null >"$RUN_DIR/console.log" 2>&1 &
     VM_PGID=$!
@@ -258,6 +385,56 @@ report_finished_scenarios() {
     done
 }
 
+# Scenarios that did not run: SKIP, or FAIL under CI=true or when the build failed.
+report_not_run_scenarios() {
+    local name verdict
+    for name in "${NOT_RUN[@]}"; do
+        echo "======== BEGIN $name ========"
+        if [[ "$NOT_RUN_REASON" == *absent* && "${CI:-}" != true ]]; then
+            echo "SKIPPED (not run): $NOT_RUN_REASON"
+            verdict=SKIP
+            SKIPPED=$((SKIPPED + 1))
+        else
+            echo "NOT RUN, counted as failed: $NOT_RUN_REASON"
+            [[ "${CI:-}" == true ]] && echo "(CI=true: lab scenarios must not be skipped)"
+            verdict=FAIL
+            FAILED=$((FAILED + 1))
+        fi
+        echo "======== END $name: $verdict (0 s) ========"
+        echo
+    done
+}
+
+# Fixtures: one line when one is up, its whole log once it has stopped.
+report_fixtures() {
+    local result name verb rc secs up
+    for result in "$RUN_DIR"/results/fixture.*.result; do
+        [[ -f "$result" ]] || continue
+        name=$(basename "$result" .result)
+        name=${name#fixture.}
+        while read -r verb rc secs; do
+            [[ -z "${FIXTURE_REPORTED[$name.$verb]:-}" ]] || continue
+            FIXTURE_REPORTED[$name.$verb]=1
+            case "$verb" in
+                start)
+                    if [[ "$rc" == 0 ]]; then
+                        say "fixture $name: up after $secs s"
+                    else
+                        say "fixture $name: FAILED to start (exit $rc after $secs s)"
+                    fi
+                    ;;
+                stop)
+                    up=$(awk '$1 == "start" {print "exit " $2 " after " $3 " s"}' "$result" | tail -n1)
+                    echo "======== BEGIN fixture $name ========"
+                    cat "$RUN_DIR/results/fixture.$name.log" 2>/dev/null || true
+                    echo "======== END fixture $name: start $up, stop exit $rc after $secs s ========"
+                    echo
+                    ;;
+            esac
+        done <"$result"
+    done
+}
+
 report_missing_scenarios() {
     local name
     for name in "${SCENARIOS[@]}"; do
@@ -279,13 +456,22 @@ follow_vm() {
     local started boot_deadline deadline booted=0
     started=$(now)
     boot_deadline=$(( started + LAB_BOOT_TIMEOUT ))
-    deadline=$(( boot_deadline + ${#SCENARIOS[@]} * (LAB_SCENARIO_TIMEOUT + 60) ))
+    deadline=$boot_deadline
+    local name limit
+    for name in "${SCENARIOS[@]}"; do
+        limit=$(sed -n 's/^# lab: timeout \([0-9][0-9]*\)$/\1/p' "$SCENARIO_DIR/$name.sh" | head -n1)
+        deadline=$(( deadline + ${limit:-$LAB_SCENARIO_TIMEOUT} + 60 ))
+    done
+    local fixtures
+    fixtures=$(for name in "${SCENARIOS[@]}"; do scenario_fixtures "$name"; done | sort -u | wc -l)
+    deadline=$(( deadline + fixtures * (LAB_FIXTURE_TIMEOUT + 600) ))
     while vm_running; do
         if [[ $booted -eq 0 && -f "$RUN_DIR/results/started" ]]; then
             booted=1
             say "guest up after $(( $(now) - started )) s; running: ${SCENARIOS[*]}"
         fi
         report_finished_scenarios
+        report_fixtures
         if [[ $booted -eq 0 && $(now) -ge $boot_deadline ]]; then
             boot_failed "the guest did not start the scenarios within ${LAB_BOOT_TIMEOUT} s"
             stop_vm
@@ -300,10 +486,153 @@ follow_vm() {
     done
     wait "$VM_PGID" 2>/dev/null || true
     report_finished_scenarios
+    report_fixtures
     if [[ $booted -eq 0 && ! -f "$RUN_DIR/results/started" ]]; then
         boot_failed "the VM stopped before the guest started the scenarios"
     fi
     say "VM finished after $(( $(now) - started )) s"
+}
+
+# ---------------------------------------------------------------- guests side by side
+
+LANE_PIDS=()
+LANE_LOGS=()
+
+guests_wanted() {
+    local n="${LAB_GUESTS:-}"
+    if [[ -z "$n" ]]; then
+        n=1
+        [[ $(nproc) -ge 2 ]] && n=2
+    fi
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "LAB_GUESTS must be a positive number, not '$n'"
+    [[ $n -gt ${#SCENARIOS[@]} ]] && n=${#SCENARIOS[@]}
+    echo "$n"
+}
+
+# split_scenarios N: N lines, the scenarios of each guest (space-separated).
+# Units are placed largest first on the guest with the least work: a plain
+# scenario, or every scenario of one fixture together (its cost counted
+# once); run-last scenarios go last, one per guest before any gets two.
+split_scenarios() {
+    local guests="$1" name fixtures key cost i best units=() last_units=()
+    declare -A group_cost=() group_members=()
+    for name in "${SCENARIOS[@]}"; do
+        cost=$(cost_of "$SCENARIO_DIR/$name.sh")
+        fixtures=$(scenario_fixtures "$name" | paste -sd' ' -)
+        if [[ $(run_last_rank "$name") -gt 0 ]]; then
+            last_units+=("$cost|$name")
+        elif [[ -n "$fixtures" ]]; then
+            key="fixture:$fixtures"
+            if [[ -z "${group_cost[$key]:-}" ]]; then
+                group_cost[$key]=0
+                for i in $fixtures; do
+                    group_cost[$key]=$(( group_cost[$key] + $(cost_of "$FIXTURE_DIR/$i.sh") ))
+                done
+            fi
+            group_cost[$key]=$(( group_cost[$key] + cost ))
+            group_members[$key]="${group_members[$key]:-} $name"
+        else
+            units+=("$cost|$name")
+        fi
+    done
+    for key in "${!group_cost[@]}"; do
+        units+=("${group_cost[$key]}|${group_members[$key]# }")
+    done
+    local load=() lanes=() counts=()
+    for ((i = 0; i < guests; i++)); do load[i]=0; lanes[i]=""; counts[i]=0; done
+    place() {  # place UNIT [by-count]
+        local c="${1%%|*}" names="${1#*|}" j
+        best=0
+        for ((j = 1; j < guests; j++)); do
+            if [[ -n "${2:-}" && ${counts[j]} -ne ${counts[best]} ]]; then
+                [[ ${counts[j]} -lt ${counts[best]} ]] && best=$j
+            elif [[ ${load[j]} -lt ${load[best]} ]]; then
+                best=$j
+            fi
+        done
+        load[best]=$(( load[best] + c ))
+        lanes[best]="${lanes[best]} $names"
+        counts[best]=$(( counts[best] + 1 ))
+    }
+    while read -r key; do [[ -n "$key" ]] && place "$key"; done \
+        < <(printf '%s\n' "${units[@]}" | sort -t'|' -k1,1nr)
+    for ((i = 0; i < guests; i++)); do counts[i]=0; done
+    while read -r key; do [[ -n "$key" ]] && place "$key" by-count; done \
+        < <(printf '%s\n' "${last_units[@]}" | sort -t'|' -k1,1nr)
+    for ((i = 0; i < guests; i++)); do
+        say "guest $((i + 1)): about ${load[i]} s:${lanes[i]}"
+        echo "${lanes[i]# }"
+    done
+}
+
+stop_lanes() {
+    local pid
+    for pid in "${LANE_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${LANE_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    LANE_PIDS=()
+}
+
+# Run the scenarios in N guests at once: this script again per guest, each
+# with its own swtpm, VM and run directory; their outputs go to files that
+# are printed whole at the end.
+run_lanes() {
+    local guests="$1" base="${LAB_OUT_DIR:-$LAB_DIR/out}" i line lists=() shown=() pid rc=0
+    local passed=0 failed=0 skipped=0 summary p f s
+    mkdir -p "$base"
+    mapfile -t lists < <(split_scenarios "$guests")
+    trap 'stop_lanes' EXIT
+    for ((i = 0; i < guests; i++)); do
+        [[ -n "${lists[i]}" ]] || continue
+        LANE_LOGS[i]=$(mktemp "$base/guest-$((i + 1)).XXXXXX.log")
+        shown[i]=0
+        # shellcheck disable=SC2086
+        LAB_GUESTS=1 "${BASH_SOURCE[0]}" ${lists[i]} >"${LANE_LOGS[i]}" 2>&1 &
+        LANE_PIDS[i]=$!
+    done
+    # Progress: the lab's own lines and each scenario's verdict, as they come.
+    progress() {
+        local k n
+        for k in "${!LANE_LOGS[@]}"; do
+            n=$(wc -l <"${LANE_LOGS[k]}")
+            [[ $n -gt ${shown[k]} ]] || continue
+            sed -n "$(( shown[k] + 1 )),${n}p" "${LANE_LOGS[k]}" \
+                | grep -E '^\[lab\]|^======== END' | sed "s/^/[guest $((k + 1))] /" >&2 || true
+            shown[k]=$n
+        done
+    }
+    while :; do
+        progress
+        local alive=0
+        for pid in "${LANE_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 1 ]] || break
+        sleep 5
+    done
+    for i in "${!LANE_PIDS[@]}"; do
+        wait "${LANE_PIDS[i]}" || rc=1
+    done
+    LANE_PIDS=()
+    progress
+    for i in "${!LANE_LOGS[@]}"; do
+        echo "################ guest $((i + 1)) of $guests: ${lists[i]}"
+        cat "${LANE_LOGS[i]}"
+        summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "${LANE_LOGS[i]}" | tail -n1)
+        if [[ -z "$summary" ]]; then
+            say "error: guest $((i + 1)) printed no summary; its scenarios count as failed"
+            failed=$(( failed + $(wc -w <<<"${lists[i]}") ))
+            continue
+        fi
+        read -r p _ f _ s _ <<<"$summary"
+        passed=$(( passed + p )); failed=$(( failed + f )); skipped=$(( skipped + s ))
+        rm -f "${LANE_LOGS[i]}"
+    done
+    PASSED=$(( PASSED + passed )); FAILED=$(( FAILED + failed )); SKIPPED=$(( SKIPPED + skipped ))
+    report_not_run_scenarios
+    echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+    [[ $FAILED -eq 0 && $rc -eq 0 ]]
 }
 
 # ---------------------------------------------------------------- main
@@ -314,13 +643,31 @@ main() {
     trap cleanup EXIT
     trap on_signal INT TERM HUP
 
-    local root image
+    prepare_third_party
+    if [[ ${#SCENARIOS[@]} -eq 0 ]]; then
+        report_not_run_scenarios
+        echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+        [[ $FAILED -eq 0 ]]
+        return
+    fi
+    choose_memory
+
+    local root image guests
     root=$("$LAB_DIR/build-guest-root.sh")
     image=$("$LAB_DIR/build-image.sh")
+    guests=$(guests_wanted)
+    if [[ $guests -gt 1 ]]; then
+        run_lanes "$guests"
+        return
+    fi
     # Shared locks: the cache pruner leaves the root and image alone while we run.
     exec 8>>"$root.lock" 7>>"$image.lock"
     flock -s 8
     flock -s 7
+    if [[ -n "$THIRD_PARTY" ]]; then
+        exec 6>>"$THIRD_PARTY.lock"
+        flock -s 6
+    fi
 
     make_run_dir
     stage_repository
@@ -330,10 +677,11 @@ main() {
     start_vm "$root" "$image"
     follow_vm
     report_missing_scenarios
+    report_not_run_scenarios
     local left=0
     stop_everything || left=1
     say "logs of this run: $RUN_DIR"
-    echo "$PASSED passed, $FAILED failed"
+    echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
     [[ $FAILED -eq 0 && $left -eq 0 ]]
 }
 

@@ -5,12 +5,23 @@
 #   <name>.log     everything the scenario printed
 #   <name>.result  "<exit status> <seconds>" once it has finished
 # and a final "summary" file. Exit status: 0 if every scenario passed.
+#
+# Fixtures: a scenario whose header has "# lab: needs NAME", where
+# guest/fixtures/NAME.sh exists, gets that fixture (e.g. the Kubernetes
+# cluster): it is started once, before the first scenario that needs it, and
+# stopped after the last one (the host runs those scenarios one after the
+# other). Its progress goes to fixture.NAME.log, and "start|stop <exit
+# status> <seconds>" lines to fixture.NAME.result. A scenario whose fixture
+# did not start fails without running.
 set -euo pipefail
 
 LAB_REPO=/lab/repo
 LAB_OUT=/lab/out
 SCENARIO_DIR="$LAB_REPO/${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
 SCENARIO_TIMEOUT="${LAB_SCENARIO_TIMEOUT:-900}"
+FIXTURE_DIR="$LAB_REPO/tests/lab/guest/fixtures"
+FIXTURE_TIMEOUT="${LAB_FIXTURE_TIMEOUT:-2400}"
+declare -A FIXTURE_STATE=()     # name -> up | failed
 
 log() { printf '[lab guest] %s\n' "$*"; }
 
@@ -48,18 +59,94 @@ stop_leftover_daemons() {
     done
 }
 
+# ---------------------------------------------------------------- fixtures
+
+# scenario_fixtures NAME: the fixtures the scenario's "# lab: needs" line names.
+scenario_fixtures() {
+    local need
+    for need in $(sed -n 's/^# lab: needs //p' "$SCENARIO_DIR/$1.sh" | tr ',' ' '); do
+        [[ -f "$FIXTURE_DIR/$need.sh" ]] && echo "$need"
+    done
+    return 0
+}
+
+fixture_run() {
+    local name="$1" what="$2" limit="$3" start rc=0
+    start=$(date +%s)
+    log "fixture $name: $what"
+    timeout --kill-after=20 "$limit" bash "$FIXTURE_DIR/$name.sh" "$what" \
+        </dev/null >>"$LAB_OUT/fixture.$name.log" 2>&1 || rc=$?
+    echo "$what $rc $(( $(date +%s) - start ))" >>"$LAB_OUT/fixture.$name.result"
+    log "fixture $name: $what: exit $rc after $(( $(date +%s) - start ))s"
+    return "$rc"
+}
+
+fixture_up() {
+    local name="$1"
+    case "${FIXTURE_STATE[$name]:-}" in
+        up) return 0 ;;
+        failed) return 1 ;;
+    esac
+    if fixture_run "$name" start "$FIXTURE_TIMEOUT"; then
+        FIXTURE_STATE[$name]=up
+    else
+        FIXTURE_STATE[$name]=failed
+        fixture_run "$name" stop 600 || true
+        return 1
+    fi
+}
+
+fixture_down() {
+    [[ "${FIXTURE_STATE[$1]:-}" == up ]] || return 0
+    fixture_run "$1" stop 600 || true
+    FIXTURE_STATE[$1]=stopped
+}
+
+# Stop the fixtures no scenario after index $1 of "$@" (after the index) needs.
+stop_unneeded_fixtures() {
+    local index="$1" name later=()
+    shift
+    later=("${@:index+2}")
+    for name in "${!FIXTURE_STATE[@]}"; do
+        [[ "${FIXTURE_STATE[$name]}" == up ]] || continue
+        local needed=0 s
+        for s in "${later[@]}"; do
+            scenario_fixtures "$s" | grep -qx "$name" && needed=1
+        done
+        [[ $needed -eq 1 ]] || fixture_down "$name"
+    done
+}
+
+# ---------------------------------------------------------------- scenarios
+
 run_one_scenario() {
-    local name="$1" file="$SCENARIO_DIR/$1.sh" start rc secs
+    local name="$1" file="$SCENARIO_DIR/$1.sh" start rc secs fixture limit
+    start=$(date +%s)
+    for fixture in $(scenario_fixtures "$name"); do
+        if ! fixture_up "$fixture"; then
+            {
+                echo "[lab guest] scenario $name not run: the fixture '$fixture' did not start"
+                echo "[lab guest] its log (fixture.$fixture.log in the run directory) ends with:"
+                tail -n 40 "$LAB_OUT/fixture.$fixture.log"
+            } >"$LAB_OUT/$name.log" 2>&1
+            echo "1 0" >"$LAB_OUT/$name.result"
+            log "scenario $name: not run (fixture $fixture failed)"
+            return 1
+        fi
+    done
+    # "# lab: timeout SECONDS" in the header raises the limit for one scenario.
+    limit=$(sed -n 's/^# lab: timeout \([0-9][0-9]*\)$/\1/p' "$file" | head -n1)
+    limit="${limit:-$SCENARIO_TIMEOUT}"
     start=$(date +%s)
     log "scenario $name: start"
     rc=0
     (
         cd /var/lib/lab
         export LAB_SCENARIO="$name"
-        timeout --kill-after=20 "$SCENARIO_TIMEOUT" bash "$file"
+        timeout --kill-after=20 "$limit" bash "$file"
     ) </dev/null >"$LAB_OUT/$name.log" 2>&1 || rc=$?
     if [[ $rc -eq 124 || $rc -eq 137 ]]; then
-        echo "[lab guest] scenario $name: killed after the ${SCENARIO_TIMEOUT}s timeout" >>"$LAB_OUT/$name.log"
+        echo "[lab guest] scenario $name: killed after the ${limit}s timeout" >>"$LAB_OUT/$name.log"
     fi
     stop_leftover_daemons
     secs=$(( $(date +%s) - start ))
@@ -74,15 +161,20 @@ main() {
     mount_writable_state
     export LAB_REPO LAB_OUT
     export LAB_LIB="$LAB_REPO/tests/lab/guest/lib.sh"
-    export LAB_BIN=/lab/bin LAB_IMAGE_DIR=/lab/image
+    export LAB_BIN=/lab/bin LAB_IMAGE_DIR=/lab/image LAB_THIRD_PARTY_BIN=/lab/third-party/bin
     export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    local name failed=0 passed=0
+    local name failed=0 passed=0 i=0
     for name in "$@"; do
         if run_one_scenario "$name"; then
             passed=$((passed + 1))
         else
             failed=$((failed + 1))
         fi
+        stop_unneeded_fixtures "$i" "$@"
+        i=$((i + 1))
+    done
+    for name in "${!FIXTURE_STATE[@]}"; do
+        fixture_down "$name"
     done
     echo "$passed $failed" >"$LAB_OUT/summary"
     log "done: $passed passed, $failed failed"

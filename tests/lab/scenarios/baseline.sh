@@ -3,6 +3,7 @@
 # and with runc can hand /dev/tpmrm0 to a non-root container user, a container
 # without the device has no TPM, and a bind mount without a device cgroup rule
 # is refused on open ("Operation not permitted").
+# lab: cost 200 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 

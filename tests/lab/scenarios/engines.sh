@@ -4,6 +4,7 @@
 # image and pass /dev/tpmrm0 with --device; a second TPM from the vTPM proxy
 # works in a podman container; a hooks dir is installed with the paths of the
 # project's binaries.
+# lab: cost 200 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 

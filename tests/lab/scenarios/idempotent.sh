@@ -2,6 +2,7 @@
 # idempotent: the hook run twice, and the hook meeting a device that is
 # already in the spec (as `--device` or the spec-editing front-ends put it),
 # end in the same correct state: one working node, one rule.
+# lab: cost 150 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

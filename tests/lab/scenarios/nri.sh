@@ -14,6 +14,7 @@
 #     (/opt/nri/plugins/10-oci-tpm-hook) works too.
 #  5. No plugin at all: a pod asking for a TPM does not start without one
 #     (the hook alone delivers it or fails the container).
+# lab: cost 500 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
 
@@ -172,7 +173,7 @@ with_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 out="$LAB_OUTPUT"
 assert_contains "$out" "uid=1000"
 assert_tpm_works "$out"
-assert_contains "$(cat "$PLUGIN_LOG")" "granted TPM tpmrm0 ($rm_numbers) as /dev/tpmrm0, group $gid, self-test quick"
+assert_contains "$(cat "$PLUGIN_LOG")" "granted TPM tpmrm0 ($rm_numbers) as /dev/tpmrm0: device with group $gid, hook, self-test quick"
 
 step "the container's spec has the device, its allow rule, the env and the hook"
 assert_ok pod spec --keep --pod-annotation oci-tpm-hook/device=auto -- true
