@@ -49,9 +49,9 @@ lab-roots: lab-setup
 	$(LAB)/build-guest-root.sh >/dev/null
 	$(LAB)/build-image.sh >/dev/null
 
-# The packages scenario installs the .deb, so it is built (from the same
-# binaries) first.
-e2e: lab-setup build deb
+# The packages scenario installs the .deb and reads the rpm back, so they
+# are built (from the same binaries) first.
+e2e: lab-setup build deb rpm
 	$(LAB)/run.sh $(SCENARIO)
 
 # In order, stopping at the first failure.
