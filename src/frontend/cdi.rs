@@ -116,8 +116,8 @@ fn device(grant: &Grant, hook: &HookEntry) -> Value {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()),
     );
-    // With access = "process-gid" the spec names no group: the runtime
-    // gives the node the process's own GID, and the hook checks it.
+    // With access = "process-gid" the spec names no group: the hook gives
+    // the node the process's own GID before the container starts.
     if grant.process_needs_group() {
         node["gid"] = json!(grant.gid);
     }
