@@ -7,6 +7,7 @@
 //! reach this module: `main` takes them straight to the hook, so a container
 //! that asks for no TPM does not pay for building the parser.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tpm2_selftest::SelfTestLevel;
 
+use crate::core::request;
 use crate::frontend::nri::daemon::{Options as NriOptions, DEFAULT_SOCKET};
 use crate::frontend::nri::stub::Registration;
 
@@ -47,6 +49,10 @@ pub enum Command {
     Nri(NriArgs),
     /// Check this host: TPM, device nodes, group, policy, and each container engine; each failure with its fix
     Doctor(DoctorArgs),
+    /// Container Device Interface: a spec of the host's TPMs for podman, docker, containerd and CRI-O
+    Cdi(CdiArgs),
+    /// Edit an engine's configuration so that it gives containers their TPM (docker, containerd, CRI-O)
+    Configure(ConfigureArgs),
     /// Write shell completions and man pages (for packaging)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -57,6 +63,35 @@ pub struct HookArgs {
     /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A request annotation, taken as if the container carried it (over its
+    /// own of the same key): how a CDI spec's hook names the TPM its device
+    /// delivers, e.g. oci-tpm-hook/device=tpmrm0
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = request_annotation)]
+    pub annotations: Vec<(String, String)>,
+}
+
+impl HookArgs {
+    /// The annotations given on the command line.
+    pub fn given_annotations(&self) -> BTreeMap<String, String> {
+        self.annotations.iter().cloned().collect()
+    }
+}
+
+/// `oci-tpm-hook/KEY=VALUE`, checked by the request parser every front-end
+/// uses, so a typo fails when the CDI spec is loaded, not per container.
+fn request_annotation(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if !key.starts_with(request::PREFIX) {
+        return Err(format!(
+            "{key:?} is not a request annotation: the key must start with {}",
+            request::PREFIX
+        ));
+    }
+    let alone = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+    request::parse(&alone, None).map_err(|e| e.to_string())?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// The levels a probe may ask for.
@@ -126,6 +161,113 @@ pub struct DoctorArgs {
     /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CdiArgs {
+    #[command(subcommand)]
+    pub command: CdiCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CdiCommand {
+    /// Write the CDI spec: one device (oci-tpm-hook.dev/tpm=tpmrmN) per TPM the policy allows
+    #[command(after_help = CDI_AFTER_HELP)]
+    Generate(CdiGenerateArgs),
+}
+
+const CDI_AFTER_HELP: &str = "\
+Each device gives the node (mode 0660, the host's tss group), that group as an
+additional GID of the container's process, TPM2TOOLS_TCTI/TSS2_TCTI and the
+hook that self-tests the TPM from inside the container:
+
+  podman run --device oci-tpm-hook.dev/tpm=tpmrm0 IMAGE tpm2_getrandom 8
+
+A host without a TPM the policy allows gets no spec (an existing one is
+removed). The packaged udev rule runs this whenever a TPM appears or goes away.";
+
+#[derive(Args, Debug)]
+pub struct CdiGenerateArgs {
+    /// Where to write the spec (JSON); - for stdout
+    #[arg(long, value_name = "PATH", default_value = crate::frontend::cdi::DEFAULT_OUTPUT)]
+    pub output: PathBuf,
+    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = CONFIGURE_AFTER_HELP)]
+pub struct ConfigureArgs {
+    #[command(subcommand)]
+    pub command: ConfigureCommand,
+    /// Show the changes as a unified diff; write nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+}
+
+const CONFIGURE_AFTER_HELP: &str = "\
+Edits keep every other setting (keys, their order, comments in TOML) and the
+file's mode and owner; running it again changes nothing; each file is replaced
+atomically. A file that cannot be parsed is refused and left as it is. Nothing
+is restarted: the output says what to restart.";
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigureCommand {
+    /// daemon.json: the runtime "tpm" (oci-tpm-runtime), optionally as the default, optionally CDI
+    Docker(ConfigureDockerArgs),
+    /// NRI on through a drop-in (config version 2: containerd 1.7, 3: containerd 2.x)
+    Containerd(ConfigureContainerdArgs),
+    /// A drop-in in crio.conf.d: NRI on, optionally the hooks directories
+    Crio(ConfigureCrioArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureDockerArgs {
+    /// docker's daemon configuration
+    #[arg(long, value_name = "PATH", default_value = crate::frontend::configure::docker::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The runtime's name (docker run --runtime NAME)
+    #[arg(long, value_name = "NAME", default_value = "tpm", value_parser = non_empty)]
+    pub runtime_name: String,
+    /// The runtime wrapper's path
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/oci-tpm-runtime")]
+    pub runtime_path: PathBuf,
+    /// Make it docker's default runtime: the annotation alone gives a container its TPM
+    #[arg(long)]
+    pub set_as_default: bool,
+    /// Turn on docker's CDI feature (docker 25 or later): docker run --device oci-tpm-hook.dev/tpm=tpmrm0
+    #[arg(long)]
+    pub cdi: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureContainerdArgs {
+    /// containerd's main configuration; it gains the drop-in in `imports`
+    #[arg(long, value_name = "PATH", default_value = crate::frontend::configure::containerd::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Where the drop-in (oci-tpm-hook.toml) goes
+    #[arg(long, value_name = "DIR", default_value = crate::frontend::configure::containerd::DEFAULT_DROP_IN_DIR)]
+    pub drop_in_dir: PathBuf,
+    /// The config version for a config that does not exist yet [default: from `containerd --version`]
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(i64).range(2..=3))]
+    pub config_version: Option<i64>,
+    /// Also turn on CDI in the CRI plugin (enable_cdi = true, in the main config)
+    #[arg(long)]
+    pub cdi: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureCrioArgs {
+    /// Where the drop-in (50-oci-tpm-hook.conf) goes
+    #[arg(long, value_name = "DIR", default_value = crate::frontend::configure::crio::DEFAULT_DROP_IN_DIR)]
+    pub drop_in_dir: PathBuf,
+    /// Leave NRI as it is (use with --hooks-dir)
+    #[arg(long)]
+    pub no_nri: bool,
+    /// Name the hooks directories (/usr/share/containers/oci/hooks.d, /etc/containers/oci/hooks.d)
+    #[arg(long)]
+    pub hooks_dir: bool,
 }
 
 #[derive(Args, Debug)]
@@ -244,7 +386,11 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> anyhow::Result<()> {
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
     let file = dir.join(format!("{name}.1"));
     std::fs::write(&file, page).with_context(|| format!("cannot write {}", file.display()))?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommand gets no page: each page has its help.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let sub = sub
             .clone()
             .name(format!("{name}-{}", sub.get_name()))
@@ -289,6 +435,25 @@ mod tests {
             (s.level, s.json, s.timeout_ms),
             (ProbeLevel::Full, true, 5000)
         );
+        let Some(Command::Cdi(CdiArgs {
+            command: CdiCommand::Generate(g),
+        })) = try_parse(&["cdi", "generate"]).unwrap().command
+        else {
+            panic!("cdi generate");
+        };
+        assert_eq!(g.output, PathBuf::from("/var/run/cdi/oci-tpm-hook.json"));
+        let Some(Command::Configure(c)) = try_parse(&["configure", "docker", "--dry-run", "--cdi"])
+            .unwrap()
+            .command
+        else {
+            panic!("configure");
+        };
+        let ConfigureCommand::Docker(d) = &c.command else {
+            panic!("configure docker");
+        };
+        assert!(c.dry_run && d.cdi && !d.set_as_default);
+        assert_eq!(d.config, PathBuf::from("/etc/docker/daemon.json"));
+        assert_eq!(d.runtime_path, PathBuf::from("/usr/bin/oci-tpm-runtime"));
         let Some(Command::Nri(n)) = try_parse(&["nri", "--index=20", "--no-hook"])
             .unwrap()
             .command
@@ -304,6 +469,32 @@ mod tests {
     }
 
     #[test]
+    fn the_hook_takes_request_annotations() {
+        let cli = try_parse(&[
+            "hook",
+            "--annotation",
+            "oci-tpm-hook/device=tpmrm1",
+            "--annotation=oci-tpm-hook/self-test=full",
+        ])
+        .unwrap();
+        let Some(Command::Hook(h)) = cli.command else {
+            panic!("hook");
+        };
+        let given = h.given_annotations();
+        assert_eq!(given["oci-tpm-hook/device"], "tpmrm1");
+        assert_eq!(given["oci-tpm-hook/self-test"], "full");
+        for bad in [
+            "oci-tpm-hook/device",
+            "io.example/x=1",
+            "oci-tpm-hook/device=/dev/tpmrm0",
+            "oci-tpm-hook/devcie=tpmrm0",
+        ] {
+            let err = try_parse(&["hook", "--annotation", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn usage_errors_and_help() {
         for bad in [
             &["frobnicate"][..],
@@ -312,6 +503,9 @@ mod tests {
             &["nri", "--index", "7"],
             &["nri", "--name", ""],
             &["nri", "--socket"],
+            &["configure"],
+            &["configure", "podman"],
+            &["configure", "containerd", "--config-version", "1"],
             &["--frob"],
         ] {
             let err = try_parse(bad).unwrap_err();
@@ -347,12 +541,27 @@ mod tests {
             "oci-tpm-hook-selftest.1",
             "oci-tpm-hook-nri.1",
             "oci-tpm-hook-doctor.1",
+            "oci-tpm-hook-cdi.1",
+            "oci-tpm-hook-cdi-generate.1",
+            "oci-tpm-hook-configure.1",
+            "oci-tpm-hook-configure-docker.1",
+            "oci-tpm-hook-configure-containerd.1",
+            "oci-tpm-hook-configure-crio.1",
             "oci-tpm-runtime.1",
         ] {
             let text = std::fs::read_to_string(dir.path().join("man").join(page)).unwrap();
             assert!(text.contains(".TH"), "{page}");
         }
-        assert!(!dir.path().join("man/oci-tpm-hook-generate.1").exists());
+        let pages: Vec<String> = std::fs::read_dir(dir.path().join("man"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !pages
+                .iter()
+                .any(|p| p.contains("-help") || p.contains("-generate.1") && !p.contains("cdi")),
+            "no pages for `help` or the hidden `generate`: {pages:?}"
+        );
         for f in [
             "oci-tpm-hook.bash",
             "_oci-tpm-hook",

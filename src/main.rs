@@ -9,10 +9,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use oci_tpm_hook::cli::{self, Command, HookArgs};
+use oci_tpm_hook::cli::{self, CdiCommand, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{doctor, nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{cdi, configure, doctor, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -28,6 +28,10 @@ fn main() -> ExitCode {
             .options(std::env::var(nri::daemon::SOCKET_ENV).ok())
             .and_then(nri::run)
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::Cdi(a)) => match a.command {
+            CdiCommand::Generate(g) => cdi::main(&g),
+        },
+        Some(Command::Configure(a)) => configure::main(&a),
         Some(Command::Doctor(a)) => doctor::main(a.json, a.config),
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
@@ -49,6 +53,7 @@ fn hook_main(args: &HookArgs) -> ExitCode {
     match hook::run(
         std::io::stdin().lock(),
         args.config.as_deref().map(Path::new),
+        &args.given_annotations(),
         &HostRoots::default(),
     ) {
         Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,

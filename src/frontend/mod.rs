@@ -7,8 +7,14 @@
 //! - [`runtime_wrapper`]: `oci-tpm-runtime`, a runc wrapper for docker;
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
 //! - [`selftest`]: a TPM health probe;
-//! - [`doctor`]: the host checked, each failure with its fix.
+//! - [`doctor`]: the host checked, each failure with its fix;
+//! - [`cdi`]: a Container Device Interface spec of the host's TPMs, whose
+//!   devices bring the hook along;
+//! - [`configure`]: the engines' configuration files edited to use the
+//!   above (docker's runtime, containerd's and CRI-O's NRI).
 
+pub mod cdi;
+pub mod configure;
 pub mod doctor;
 pub mod hook;
 pub mod nri;

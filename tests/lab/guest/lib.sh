@@ -274,6 +274,9 @@ wait_for_daemon() {
 
 # ---------------------------------------------------------------- engines
 
+# LAB_DOCKERD_CONFIG: the daemon.json start_dockerd writes.
+LAB_DOCKERD_CONFIG=/run/lab/docker/daemon.json
+
 # start_dockerd [JSON]: start dockerd (no network, cgroupfs, overlay2 on tmpfs);
 # JSON is merged over the lab's daemon.json, e.g.
 #   start_dockerd '{"runtimes":{"tpm":{"path":"/lab/bin/oci-tpm-runtime"}}}'
@@ -282,7 +285,7 @@ wait_for_daemon() {
 # off), started and awaited here: dockerd's built-in start of containerd gives
 # up after 15 s, too short for a slow emulated guest.
 start_dockerd() {
-    local extra="${1:-}" conf=/run/lab/docker/daemon.json ctd=/run/lab/docker-containerd
+    local extra="${1:-}" conf=$LAB_DOCKERD_CONFIG ctd=/run/lab/docker-containerd
     mkdir -p /run/lab/docker "$ctd"
     cat >"$ctd/config.toml" <<TOML
 version = 2
@@ -311,16 +314,38 @@ TOML
     wait_for_daemon dockerd "$LAB_WAIT" docker version
 }
 
-# start_containerd [TOML]: start containerd with the CRI plugin (sandbox image
-# localhost/pause:lab, runc, cgroupfs); TOML is appended to the lab's config
-# (add new tables, e.g. the NRI plugin's). Socket: /run/containerd/containerd.sock.
+# restart_dockerd: stop dockerd (not its containerd) and start it again on
+# $LAB_DOCKERD_CONFIG as it is now (after an edit); its log is
+# dockerd-restarted.log.
+restart_dockerd() {
+    stop_daemon dockerd
+    start_daemon dockerd-restarted dockerd --config-file "$LAB_DOCKERD_CONFIG"
+    wait_for_daemon dockerd-restarted "$LAB_WAIT" docker version
+}
+
+# start_containerd [--cdi] [TOML]: start containerd with the CRI plugin
+# (sandbox image localhost/pause:lab, runc, cgroupfs; with --cdi, CDI on);
+# TOML is appended to the lab's config (add new tables, e.g. the NRI
+# plugin's). Config: $LAB_CONTAINERD_CONFIG. Socket: /run/containerd/containerd.sock.
+LAB_CONTAINERD_CONFIG=/run/lab/containerd/config.toml
 start_containerd() {
-    local extra="${1:-}" conf=/run/lab/containerd/config.toml
+    local opts=() extra conf=$LAB_CONTAINERD_CONFIG
+    [[ "${1:-}" == --cdi ]] && { opts+=(--cdi); shift; }
+    extra="${1:-}"
     mkdir -p /run/lab/containerd /etc/cni/net.d
-    containerd_config >"$conf"
+    containerd_config "${opts[@]}" >"$conf"
     [[ -n "$extra" ]] && printf '\n%s\n' "$extra" >>"$conf"
     start_daemon containerd containerd --config "$conf"
     wait_for_daemon containerd "$LAB_WAIT" ctr version
+}
+
+# restart_containerd: stop containerd and start it again on
+# $LAB_CONTAINERD_CONFIG as it is now (after an edit); its log is
+# containerd-restarted.log.
+restart_containerd() {
+    stop_daemon containerd
+    start_daemon containerd-restarted containerd --config "$LAB_CONTAINERD_CONFIG"
+    wait_for_daemon containerd-restarted "$LAB_WAIT" ctr version
 }
 
 # start_crio [--nri] [--hooks-dir DIR] [--runtime crun|runc]: start CRI-O
