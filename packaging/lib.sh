@@ -13,12 +13,22 @@ glibc_needed() {
     objdump -T "$@" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n1
 }
 
+# True when none of the binaries has a dynamic section: `make build` links
+# them statically, and then they depend on no library at all.
+all_static() {
+    local b
+    for b in "$@"; do
+        readelf -d "$b" 2>/dev/null | grep -q 'There is no dynamic section' || return 1
+    done
+}
+
 # The Debian Depends of the binaries, from the libraries they link (readelf
 # NEEDED) and the glibc symbol versions they use: libc6 (>= X.Y) and
-# libgcc-s1. A library this does not know stops the build, so a new
-# dependency is never shipped undeclared.
+# libgcc-s1; nothing for static binaries. A library this does not know
+# stops the build, so a new dependency is never shipped undeclared.
 deb_depends() {
     local lib libs glibc deps=()
+    all_static "$@" && return 0
     libs=$(readelf -d "$@" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u)
     glibc=$(glibc_needed "$@")
     [[ -n "$glibc" ]] || fail "found no GLIBC symbol versions in $*"

@@ -29,8 +29,8 @@ Version: $version
 Architecture: $arch
 Maintainer: oci-tpm-hook developers <oci-tpm-hook@localhost>
 Installed-Size: $installed_kb
-Depends: $depends
-Recommends: tpm-udev
+${depends:+Depends: $depends
+}Recommends: tpm-udev
 Suggests: podman | docker.io | containerd, tpm2-tools
 Section: admin
 Priority: optional

@@ -55,7 +55,11 @@ grep -q 'cdi generate' <<<"$scripts" || fail "the rpm's %post does not write the
 echo "--- rpm -qp --requires"
 requires=$(rpm -qp --requires "$rpm")
 printf '%s\n' "$requires"
-grep -q "libc.so.6(GLIBC_$(glibc_needed "$stage"/usr/bin/*))" <<<"$requires" \
-    || fail "the rpm does not require the glibc version the binaries need"
+if all_static "$stage"/usr/bin/*; then
+    ! grep -q '^libc\.so' <<<"$requires" || fail "the rpm requires libc for static binaries"
+else
+    grep -q "libc.so.6(GLIBC_$(glibc_needed "$stage"/usr/bin/*))" <<<"$requires" \
+        || fail "the rpm does not require the glibc version the binaries need"
+fi
 rpm -qp --queryformat '%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n' "$rpm"
 echo "built $rpm ($(du -k "$rpm" | cut -f1) KiB)"
