@@ -224,7 +224,7 @@ device_numbers() {
 # swtpm; prints its resource-manager device (e.g. /dev/tpmrm1). The swtpm
 # stops when the scenario exits. The kernel gives up on a proxy TPM whose
 # start-up commands time out (seen under heavy load: swtpm then logs an I/O
-# error and no tpmrm appears), so a second fresh swtpm gets one more try.
+# error and no tpmrm appears), so fresh swtpms get two more tries.
 add_vtpm() {
     local state before dev="" attempt
     # Only the device goes to stdout (callers capture it); what the waits
@@ -232,7 +232,7 @@ add_vtpm() {
     {
         modprobe tpm_vtpm_proxy
         before=$(ls /dev/tpmrm* 2>/dev/null | sort)
-        for attempt in 1 2; do
+        for attempt in 1 2 3; do
             state=$(mktemp -d /run/lab/vtpm.XXXXXX)
             start_daemon "swtpm-vtpm-$(basename "$state")" \
                 swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
@@ -242,8 +242,10 @@ add_vtpm() {
             fi
             note "attempt $attempt: no new /dev/tpmrm* from the vTPM proxy; stopping that swtpm"
             stop_pid "${LAB_DAEMON_PIDS[-1]}" "swtpm-vtpm-$(basename "$state")"
+            # Give a loaded host a moment before the next fresh swtpm.
+            sleep 10
         done
-        [[ -n "$dev" ]] || fail "the vTPM proxy gave no new /dev/tpmrm* in two attempts"
+        [[ -n "$dev" ]] || fail "the vTPM proxy gave no new /dev/tpmrm* in three attempts"
         # Like a host's udev rules (tpm2-tss): tpmrm* is group tss, mode 0660.
         wait_for 10 "$dev to appear" test -c "$dev"
         chgrp tss "$dev" && chmod 0660 "$dev"

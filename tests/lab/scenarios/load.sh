@@ -24,7 +24,9 @@ WORK=/run/lab/load
 
 require_binaries oci-tpm-hook
 install_hooks_dir >/dev/null
-install_policy
+# The NRI plugin puts the hook into each spec: the lab's binary, not the
+# packaged path.
+install_policy "$(printf '[hook]\npath = "%s"' "$HOOK_BIN")"
 load_image_podman
 gid=$(tss_gid)
 rm -rf "$WORK"
