@@ -208,72 +208,115 @@ pub fn parse_args(args: &[OsString]) -> Invocation {
     inv
 }
 
-/// `exec [flags] <container-id> [command...]`: runc does not move flags
-/// past the id here (the command's own arguments follow it), so the first
-/// positional is the id. Unknown flags make the parse uncertain: no id then.
-fn parse_exec_args(args: &[OsString], inv: &mut Invocation) {
-    let mut i = 0;
-    while i < args.len() {
-        match classify(&args[i]) {
-            Token::EndOfFlags => {
-                i += 1;
-                break;
-            }
-            Token::Positional => break,
-            Token::Flag { name, value } => {
-                if EXEC_VALUE_FLAGS.contains(&name) {
-                    let value = value.or_else(|| {
-                        i += 1;
-                        args.get(i).map(OsString::as_os_str)
-                    });
-                    if matches!(name, "process" | "p") {
-                        inv.process = value.map(PathBuf::from);
-                    }
-                } else if !matches!(
-                    name,
-                    "tty" | "t" | "detach" | "d" | "no-new-privs" | "ignore-paused" | "help" | "h"
-                ) {
-                    inv.unknown_flags.push(name.to_owned());
-                    return;
-                }
-            }
-        }
-        i += 1;
-    }
-    inv.container_id = args.get(i).map(|id| id.to_string_lossy().into_owned());
+/// The flags a subcommand takes, and whether runc reads flags that come
+/// after its positionals.
+struct SubcommandFlags {
+    value: &'static [&'static str],
+    boolean: &'static [&'static str],
+    /// create/run: runc's CLI library moves flags to the front (up to a
+    /// `--`). exec: it does not (the command's own arguments follow the id),
+    /// so flags end at the first positional.
+    flags_after_positionals: bool,
 }
 
-/// Flags may come after positionals: runc's CLI library moves them to the
-/// front before parsing, up to a `--`.
-fn parse_create_args(args: &[OsString], inv: &mut Invocation) {
-    let mut positional: Vec<&OsString> = Vec::new();
+const CREATE_FLAGS: SubcommandFlags = SubcommandFlags {
+    value: CREATE_VALUE_FLAGS,
+    boolean: CREATE_BOOL_FLAGS,
+    flags_after_positionals: true,
+};
+
+const EXEC_FLAGS: SubcommandFlags = SubcommandFlags {
+    value: EXEC_VALUE_FLAGS,
+    boolean: &[
+        "tty",
+        "t",
+        "detach",
+        "d",
+        "no-new-privs",
+        "ignore-paused",
+        "help",
+        "h",
+    ],
+    flags_after_positionals: false,
+};
+
+/// A subcommand's arguments, read by its flags.
+#[derive(Default)]
+struct SubcommandArgs<'a> {
+    /// (flag name, value) of every known flag that takes one.
+    values: Vec<(&'a str, Option<&'a OsStr>)>,
+    positional: Vec<&'a OsString>,
+    unknown: Vec<String>,
+}
+
+impl<'a> SubcommandArgs<'a> {
+    fn value(&self, names: &[&str]) -> Option<PathBuf> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| names.contains(n))
+            .and_then(|(_, v)| v.map(PathBuf::from))
+    }
+}
+
+/// Reads a subcommand's arguments. An unknown flag without flags after the
+/// positionals leaves the parse uncertain (does it take a value?): the scan
+/// stops there, with no positional.
+fn scan<'a>(args: &'a [OsString], flags: &SubcommandFlags) -> SubcommandArgs<'a> {
+    let mut out = SubcommandArgs::default();
     let mut i = 0;
     while i < args.len() {
         match classify(&args[i]) {
             Token::EndOfFlags => {
-                positional.extend(&args[i + 1..]);
+                out.positional.extend(&args[i + 1..]);
                 break;
             }
-            Token::Positional => positional.push(&args[i]),
+            Token::Positional if !flags.flags_after_positionals => {
+                out.positional.extend(&args[i..]);
+                break;
+            }
+            Token::Positional => out.positional.push(&args[i]),
             Token::Flag { name, value } => {
-                if CREATE_VALUE_FLAGS.contains(&name) {
+                if flags.value.contains(&name) {
                     let value = value.or_else(|| {
                         i += 1;
                         args.get(i).map(OsString::as_os_str)
                     });
-                    if matches!(name, "bundle" | "b") {
-                        inv.bundle = value.map(PathBuf::from);
+                    out.values.push((name, value));
+                } else if !flags.boolean.contains(&name) {
+                    out.unknown.push(name.to_owned());
+                    if !flags.flags_after_positionals {
+                        return out;
                     }
-                } else if !CREATE_BOOL_FLAGS.contains(&name) {
-                    inv.unknown_flags.push(name.to_owned());
                 }
             }
         }
         i += 1;
     }
-    inv.container_id = positional
+    out
+}
+
+/// `create`/`run`: the bundle, and the container id (the last positional).
+fn parse_create_args(args: &[OsString], inv: &mut Invocation) {
+    let scanned = scan(args, &CREATE_FLAGS);
+    inv.bundle = scanned.value(&["bundle", "b"]);
+    inv.container_id = scanned
+        .positional
         .last()
         .map(|id| id.to_string_lossy().into_owned());
+    inv.unknown_flags.extend(scanned.unknown);
+}
+
+/// `exec [flags] <container-id> [command...]`: the process file, and the
+/// id (the first positional).
+fn parse_exec_args(args: &[OsString], inv: &mut Invocation) {
+    let scanned = scan(args, &EXEC_FLAGS);
+    inv.process = scanned.value(&["process", "p"]);
+    inv.container_id = scanned
+        .positional
+        .first()
+        .map(|id| id.to_string_lossy().into_owned());
+    inv.unknown_flags.extend(scanned.unknown);
 }
 
 #[cfg(test)]
