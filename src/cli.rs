@@ -1,6 +1,8 @@
-//! The command line of both binaries, defined once: parsing, `--help`,
-//! `--version`, and the shell completions and man pages generated from the
-//! same definitions (`oci-tpm-hook generate`, run when packaging).
+//! The command line of both binaries: parsing, `--help`, `--version`, and
+//! the shell completions and man pages generated from the same definitions
+//! (`oci-tpm-hook generate`, run when packaging). The arguments of a
+//! front-end with its own options (selftest, cdi, configure) live beside it
+//! and are put together here, so front-ends never reach up into this module.
 //!
 //! The hook's own invocations (`oci-tpm-hook` and `oci-tpm-hook hook`, with
 //! no options: what hooks.d and the spec-editing front-ends write) never
@@ -12,12 +14,18 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use tpm2_selftest::SelfTestLevel;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::core::request;
+// Each front-end defines its own arguments; this module puts them together.
+pub use crate::frontend::cdi::CdiGenerateArgs;
+pub use crate::frontend::configure::containerd::ConfigureContainerdArgs;
+pub use crate::frontend::configure::crio::ConfigureCrioArgs;
+pub use crate::frontend::configure::docker::ConfigureDockerArgs;
+pub use crate::frontend::configure::{ConfigureArgs, ConfigureCommand};
 use crate::frontend::nri::daemon::{Options as NriOptions, DEFAULT_SOCKET};
 use crate::frontend::nri::stub::Registration;
+pub use crate::frontend::selftest::{ProbeLevel, SelftestArgs};
 
 const ABOUT: &str = "Give OCI containers verified access to the host's TPM 2.0";
 
@@ -94,41 +102,6 @@ fn request_annotation(s: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-/// The levels a probe may ask for.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeLevel {
-    /// GetCapability and GetRandom
-    Quick,
-    /// quick, then TPM2_SelfTest and GetTestResult
-    Full,
-}
-
-impl From<ProbeLevel> for SelfTestLevel {
-    fn from(l: ProbeLevel) -> Self {
-        match l {
-            ProbeLevel::Quick => SelfTestLevel::Quick,
-            ProbeLevel::Full => SelfTestLevel::Full,
-        }
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct SelftestArgs {
-    /// The TPM device [default: the device in $TPM2TOOLS_TCTI or $TSS2_TCTI, else /dev/tpmrm0]
-    #[arg(long, value_name = "PATH")]
-    pub device: Option<PathBuf>,
-    /// How much to prove
-    #[arg(long, value_enum, default_value_t = ProbeLevel::Quick)]
-    pub level: ProbeLevel,
-    /// Give up after this many milliseconds
-    #[arg(long, value_name = "N", default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(1..=120_000))]
-    pub timeout_ms: u64,
-    /// One JSON object instead of a line
-    #[arg(long)]
-    pub json: bool,
-}
-
 #[derive(Args, Debug)]
 pub struct NriArgs {
     /// NRI socket to connect to (when the runtime did not launch the plugin)
@@ -136,7 +109,7 @@ pub struct NriArgs {
     pub socket: PathBuf,
     /// Plugin name
     #[arg(long, value_name = "NAME", env = "NRI_PLUGIN_NAME", default_value = "oci-tpm-hook",
-          value_parser = non_empty)]
+          value_parser = crate::text::non_empty)]
     pub name: String,
     /// Two-digit plugin index; lower runs first
     #[arg(long, value_name = "NN", env = "NRI_PLUGIN_IDX", default_value = "10",
@@ -187,90 +160,6 @@ A host without a TPM the policy allows gets no spec (an existing one is
 removed). The packaged udev rule runs this whenever a TPM appears or goes away.";
 
 #[derive(Args, Debug)]
-pub struct CdiGenerateArgs {
-    /// Where to write the spec (JSON); - for stdout
-    #[arg(long, value_name = "PATH", default_value = crate::frontend::cdi::DEFAULT_OUTPUT)]
-    pub output: PathBuf,
-    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-#[command(after_help = CONFIGURE_AFTER_HELP)]
-pub struct ConfigureArgs {
-    #[command(subcommand)]
-    pub command: ConfigureCommand,
-    /// Show the changes as a unified diff; write nothing
-    #[arg(long, global = true)]
-    pub dry_run: bool,
-}
-
-const CONFIGURE_AFTER_HELP: &str = "\
-Edits keep every other setting (keys, their order, comments in TOML) and the
-file's mode and owner; running it again changes nothing; each file is replaced
-atomically. A file that cannot be parsed is refused and left as it is. Nothing
-is restarted: the output says what to restart.";
-
-#[derive(Subcommand, Debug)]
-pub enum ConfigureCommand {
-    /// daemon.json: the runtime "tpm" (oci-tpm-runtime), optionally as the default, optionally CDI
-    Docker(ConfigureDockerArgs),
-    /// NRI on through a drop-in (config version 2: containerd 1.7, 3: containerd 2.x)
-    Containerd(ConfigureContainerdArgs),
-    /// A drop-in in crio.conf.d: NRI on, optionally the hooks directories
-    Crio(ConfigureCrioArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ConfigureDockerArgs {
-    /// docker's daemon configuration
-    #[arg(long, value_name = "PATH", default_value = crate::frontend::configure::docker::DEFAULT_CONFIG)]
-    pub config: PathBuf,
-    /// The runtime's name (docker run --runtime NAME)
-    #[arg(long, value_name = "NAME", default_value = "tpm", value_parser = non_empty)]
-    pub runtime_name: String,
-    /// The runtime wrapper's path
-    #[arg(long, value_name = "PATH", default_value = "/usr/bin/oci-tpm-runtime")]
-    pub runtime_path: PathBuf,
-    /// Make it docker's default runtime: the annotation alone gives a container its TPM
-    #[arg(long)]
-    pub set_as_default: bool,
-    /// Turn on docker's CDI feature (docker 25 or later): docker run --device oci-tpm-hook.dev/tpm=tpmrm0
-    #[arg(long)]
-    pub cdi: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ConfigureContainerdArgs {
-    /// containerd's main configuration; it gains the drop-in in `imports`
-    #[arg(long, value_name = "PATH", default_value = crate::frontend::configure::containerd::DEFAULT_CONFIG)]
-    pub config: PathBuf,
-    /// Where the drop-in (oci-tpm-hook.toml) goes
-    #[arg(long, value_name = "DIR", default_value = crate::frontend::configure::containerd::DEFAULT_DROP_IN_DIR)]
-    pub drop_in_dir: PathBuf,
-    /// The config version for a config that does not exist yet [default: from `containerd --version`]
-    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(i64).range(2..=3))]
-    pub config_version: Option<i64>,
-    /// Also turn on CDI in the CRI plugin (enable_cdi = true, in the main config)
-    #[arg(long)]
-    pub cdi: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ConfigureCrioArgs {
-    /// Where the drop-in (50-oci-tpm-hook.conf) goes
-    #[arg(long, value_name = "DIR", default_value = crate::frontend::configure::crio::DEFAULT_DROP_IN_DIR)]
-    pub drop_in_dir: PathBuf,
-    /// Leave NRI as it is (use with --hooks-dir)
-    #[arg(long)]
-    pub no_nri: bool,
-    /// Name the hooks directories (/usr/share/containers/oci/hooks.d, /etc/containers/oci/hooks.d)
-    #[arg(long)]
-    pub hooks_dir: bool,
-}
-
-#[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Directory for the man pages (section 1)
     #[arg(long, value_name = "DIR")]
@@ -278,14 +167,6 @@ pub struct GenerateArgs {
     /// Directory for bash, zsh and fish completions
     #[arg(long, value_name = "DIR")]
     pub completions: Option<PathBuf>,
-}
-
-fn non_empty(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(s.to_owned())
-    }
 }
 
 fn two_digits(s: &str) -> Result<String, String> {

@@ -22,13 +22,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::cli::CdiGenerateArgs;
 use crate::core::decision::{decide, Decision};
 use crate::core::grant::Grant;
 use crate::core::hook_entry::HookEntry;
@@ -37,6 +36,7 @@ use crate::core::policy::{self, Policy};
 use crate::core::request::KEY_DEVICE;
 use crate::core::subject::Subject;
 use crate::files::{json_like, PlainFile};
+use clap::Args;
 
 /// The CDI kind of the devices: `--device oci-tpm-hook.dev/tpm=tpmrm0`.
 pub const KIND: &str = "oci-tpm-hook.dev/tpm";
@@ -218,6 +218,16 @@ pub fn remove_spec(path: &Path) -> anyhow::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct CdiGenerateArgs {
+    /// Where to write the spec (JSON); - for stdout
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_OUTPUT)]
+    pub output: PathBuf,
+    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use anyhow::{anyhow, bail, Context};
 use toml_edit::{value, Array, DocumentMut, Item, Table, TableLike};
 
 use super::{cannot_edit, malformed, FileEdit, Plan, Target};
-use crate::cli::ConfigureContainerdArgs;
 use crate::core::policy::glob_match;
+use clap::Args;
 
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
 pub const DEFAULT_DROP_IN_DIR: &str = "/etc/containerd/conf.d";
@@ -231,6 +231,22 @@ pub fn config_version_for(version_output: &str) -> anyhow::Result<i64> {
 /// Where the drop-in goes by default.
 pub fn default_drop_in() -> PathBuf {
     Path::new(DEFAULT_DROP_IN_DIR).join(DROP_IN_NAME)
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureContainerdArgs {
+    /// containerd's main configuration; it gains the drop-in in `imports`
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Where the drop-in (oci-tpm-hook.toml) goes
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DROP_IN_DIR)]
+    pub drop_in_dir: PathBuf,
+    /// The config version for a config that does not exist yet [default: from `containerd --version`]
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(i64).range(2..=3))]
+    pub config_version: Option<i64>,
+    /// Also turn on CDI in the CRI plugin (enable_cdi = true, in the main config)
+    #[arg(long)]
+    pub cdi: bool,
 }
 
 #[cfg(test)]

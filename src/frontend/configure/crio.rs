@@ -4,11 +4,13 @@
 //! the hooks directories, so the packaged hooks.d file is read whatever
 //! crio.conf says.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context};
 use toml_edit::DocumentMut;
 
 use super::{cannot_edit, malformed, FileEdit, Plan, Target};
-use crate::cli::ConfigureCrioArgs;
+use clap::Args;
 
 pub const DEFAULT_DROP_IN_DIR: &str = "/etc/crio/crio.conf.d";
 pub const DROP_IN_NAME: &str = "50-oci-tpm-hook.conf";
@@ -70,6 +72,19 @@ fn check_existing(target: &Target) -> anyhow::Result<()> {
             .map_err(|e| malformed("TOML", "CRI-O", e))?;
     }
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureCrioArgs {
+    /// Where the drop-in (50-oci-tpm-hook.conf) goes
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DROP_IN_DIR)]
+    pub drop_in_dir: PathBuf,
+    /// Leave NRI as it is (use with --hooks-dir)
+    #[arg(long)]
+    pub no_nri: bool,
+    /// Name the hooks directories (/usr/share/containers/oci/hooks.d, /etc/containers/oci/hooks.d)
+    #[arg(long)]
+    pub hooks_dir: bool,
 }
 
 #[cfg(test)]

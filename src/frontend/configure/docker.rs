@@ -3,12 +3,14 @@
 //! optionally the `cdi` feature. The file is edited as a JSON value in its
 //! own key order and indentation; every other key stays as it was.
 
+use std::path::PathBuf;
+
 use anyhow::{anyhow, bail, Context};
 use serde_json::{Map, Value};
 
 use super::{cannot_edit, installed, malformed, FileEdit, Plan, Target};
-use crate::cli::ConfigureDockerArgs;
 use crate::files::json_like;
+use clap::Args;
 
 pub const DEFAULT_CONFIG: &str = "/etc/docker/daemon.json";
 
@@ -114,6 +116,25 @@ fn object_at<'a>(
 
 fn kind(v: &Value) -> &'static str {
     crate::oci::spec_edit::kind(v)
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigureDockerArgs {
+    /// docker's daemon configuration
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The runtime's name (docker run --runtime NAME)
+    #[arg(long, value_name = "NAME", default_value = "tpm", value_parser = crate::text::non_empty)]
+    pub runtime_name: String,
+    /// The runtime wrapper's path
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/oci-tpm-runtime")]
+    pub runtime_path: PathBuf,
+    /// Make it docker's default runtime: the annotation alone gives a container its TPM
+    #[arg(long)]
+    pub set_as_default: bool,
+    /// Turn on docker's CDI feature (docker 25 or later): docker run --device oci-tpm-hook.dev/tpm=tpmrm0
+    #[arg(long)]
+    pub cdi: bool,
 }
 
 #[cfg(test)]

@@ -14,12 +14,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::cli::{ConfigureArgs, ConfigureCommand};
 use crate::files::PlainFile;
+use clap::{Args, Subcommand};
 
 pub mod containerd;
 pub mod crio;
 pub mod docker;
+
+use containerd::ConfigureContainerdArgs;
+use crio::ConfigureCrioArgs;
+use docker::ConfigureDockerArgs;
 
 /// New configuration files are readable by everyone, like the engines'
 /// own defaults.
@@ -208,6 +212,32 @@ pub fn apply(plan: &Plan, dry_run: bool, out: &mut impl std::io::Write) -> anyho
 /// The path of the binary a configuration names, for the defaults.
 pub(crate) fn installed(name: &str) -> PathBuf {
     Path::new("/usr/bin").join(name)
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = CONFIGURE_AFTER_HELP)]
+pub struct ConfigureArgs {
+    #[command(subcommand)]
+    pub command: ConfigureCommand,
+    /// Show the changes as a unified diff; write nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+}
+
+const CONFIGURE_AFTER_HELP: &str = "\
+Edits keep every other setting (keys, their order, comments in TOML) and the
+file's mode and owner; running it again changes nothing; each file is replaced
+atomically. A file that cannot be parsed is refused and left as it is. Nothing
+is restarted: the output says what to restart.";
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigureCommand {
+    /// daemon.json: the runtime "tpm" (oci-tpm-runtime), optionally as the default, optionally CDI
+    Docker(ConfigureDockerArgs),
+    /// NRI on through a drop-in (config version 2: containerd 1.7, 3: containerd 2.x)
+    Containerd(ConfigureContainerdArgs),
+    /// A drop-in in crio.conf.d: NRI on, optionally the hooks directories
+    Crio(ConfigureCrioArgs),
 }
 
 #[cfg(test)]
