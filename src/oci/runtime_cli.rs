@@ -92,7 +92,7 @@ pub struct Invocation {
     pub command: Option<String>,
     /// `--bundle`/`-b` of create/run; `None` = the working directory.
     pub bundle: Option<PathBuf>,
-    /// The last positional argument of create/run.
+    /// The last positional argument of create/run; the first of exec.
     pub container_id: Option<String>,
     /// The runtime's `--log` file and `--log-format`, where errors must go.
     pub log: Option<PathBuf>,
