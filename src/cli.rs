@@ -1,22 +1,34 @@
-//! The command line of both binaries, defined once: parsing, `--help`,
-//! `--version`, and the shell completions and man pages generated from the
-//! same definitions (`oci-tpm-hook generate`, run when packaging).
+//! The command line of both binaries: parsing, `--help`, `--version`, and
+//! the shell completions and man pages generated from the same definitions
+//! (`oci-tpm-hook generate`, run when packaging). The arguments of a
+//! front-end with its own options (selftest, cdi, configure) live beside it
+//! and are put together here, so front-ends never reach up into this module.
 //!
 //! The hook's own invocations (`oci-tpm-hook` and `oci-tpm-hook hook`, with
 //! no options: what hooks.d and the spec-editing front-ends write) never
 //! reach this module: `main` takes them straight to the hook, so a container
 //! that asks for no TPM does not pay for building the parser.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use tpm2_selftest::SelfTestLevel;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::frontend::device_plugin::{self, api as dp_api, cdi, monitor::Outputs, nfd};
+use crate::core::request;
+// Each front-end defines its own arguments; this module puts them together.
+pub use crate::frontend::cdi::CdiGenerateArgs;
+pub use crate::frontend::configure::containerd::ConfigureContainerdArgs;
+pub use crate::frontend::configure::crio::ConfigureCrioArgs;
+pub use crate::frontend::configure::docker::ConfigureDockerArgs;
+pub use crate::frontend::configure::{ConfigureArgs, ConfigureCommand};
+pub use crate::frontend::device_plugin::args::{
+    DevicePluginArgs, DevicePluginCli, DEVICE_PLUGIN_BIN,
+};
 use crate::frontend::nri::daemon::{Options as NriOptions, DEFAULT_SOCKET};
 use crate::frontend::nri::stub::Registration;
+pub use crate::frontend::selftest::{ProbeLevel, SelftestArgs};
 
 const ABOUT: &str = "Give OCI containers verified access to the host's TPM 2.0";
 
@@ -50,6 +62,10 @@ pub enum Command {
     DevicePlugin(DevicePluginArgs),
     /// Check this host: TPM, device nodes, group, policy, and each container engine; each failure with its fix
     Doctor(DoctorArgs),
+    /// Container Device Interface: a spec of the host's TPMs for podman, docker, containerd and CRI-O
+    Cdi(CdiArgs),
+    /// Edit an engine's configuration so that it gives containers their TPM (docker, containerd, CRI-O)
+    Configure(ConfigureArgs),
     /// Write shell completions and man pages (for packaging)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -60,41 +76,35 @@ pub struct HookArgs {
     /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A request annotation, taken as if the container carried it (over its
+    /// own of the same key): how a CDI spec's hook names the TPM its device
+    /// delivers, e.g. oci-tpm-hook/device=tpmrm0
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = request_annotation)]
+    pub annotations: Vec<(String, String)>,
 }
 
-/// The levels a probe may ask for.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeLevel {
-    /// GetCapability and GetRandom
-    Quick,
-    /// quick, then TPM2_SelfTest and GetTestResult
-    Full,
-}
-
-impl From<ProbeLevel> for SelfTestLevel {
-    fn from(l: ProbeLevel) -> Self {
-        match l {
-            ProbeLevel::Quick => SelfTestLevel::Quick,
-            ProbeLevel::Full => SelfTestLevel::Full,
-        }
+impl HookArgs {
+    /// The annotations given on the command line.
+    pub fn given_annotations(&self) -> BTreeMap<String, String> {
+        self.annotations.iter().cloned().collect()
     }
 }
 
-#[derive(Args, Debug)]
-pub struct SelftestArgs {
-    /// The TPM device [default: the device in $TPM2TOOLS_TCTI or $TSS2_TCTI, else /dev/tpmrm0]
-    #[arg(long, value_name = "PATH")]
-    pub device: Option<PathBuf>,
-    /// How much to prove
-    #[arg(long, value_enum, default_value_t = ProbeLevel::Quick)]
-    pub level: ProbeLevel,
-    /// Give up after this many milliseconds
-    #[arg(long, value_name = "N", default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(1..=120_000))]
-    pub timeout_ms: u64,
-    /// One JSON object instead of a line
-    #[arg(long)]
-    pub json: bool,
+/// `oci-tpm-hook/KEY=VALUE`, checked by the request parser every front-end
+/// uses, so a typo fails when the CDI spec is loaded, not per container.
+fn request_annotation(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if !key.starts_with(request::PREFIX) {
+        return Err(format!(
+            "{key:?} is not a request annotation: the key must start with {}",
+            request::PREFIX
+        ));
+    }
+    let alone = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+    request::parse(&alone, None).map_err(|e| e.to_string())?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Args, Debug)]
@@ -104,7 +114,7 @@ pub struct NriArgs {
     pub socket: PathBuf,
     /// Plugin name
     #[arg(long, value_name = "NAME", env = "NRI_PLUGIN_NAME", default_value = "oci-tpm-hook",
-          value_parser = non_empty)]
+          value_parser = crate::text::non_empty)]
     pub name: String,
     /// Two-digit plugin index; lower runs first
     #[arg(long, value_name = "NN", env = "NRI_PLUGIN_IDX", default_value = "10",
@@ -122,98 +132,6 @@ pub struct NriArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct DevicePluginArgs {
-    /// The kubelet's device plugin directory (its registration socket kubelet.sock is there)
-    #[arg(long, value_name = "DIR", default_value = dp_api::DEFAULT_DIR)]
-    pub kubelet_dir: PathBuf,
-    /// The extended resource to register, domain-qualified
-    #[arg(long, value_name = "DOMAIN/NAME", default_value = device_plugin::DEFAULT_RESOURCE,
-          value_parser = resource_name)]
-    pub resource_name: String,
-    /// Devices advertised per TPM: how many containers may use one TPM at once
-    #[arg(long, value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub shares: u32,
-    /// Seconds between self-tests of each TPM (and looks for new ones)
-    #[arg(long, value_name = "S", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub health_interval: u64,
-    /// Node Feature Discovery's local feature directory, for the node's TPM labels
-    #[arg(long, value_name = "DIR", default_value = nfd::DEFAULT_DIR)]
-    pub nfd_dir: PathBuf,
-    /// Write no NFD feature file
-    #[arg(long)]
-    pub no_nfd: bool,
-    /// Where to write the CDI spec whose device names Allocate returns
-    #[arg(long, value_name = "DIR", default_value = cdi::DEFAULT_DIR)]
-    pub cdi_dir: PathBuf,
-    /// Name no CDI devices (the container's process then needs the node's group by other means)
-    #[arg(long)]
-    pub no_cdi: bool,
-    /// Policy file [default: $OCI_TPM_HOOK_CONFIG or /etc/oci-tpm-hook/config.toml]
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Where the host's /dev, /sys and /etc/group are mounted, when the plugin runs in a container
-    #[arg(long, value_name = "DIR")]
-    pub host_root: Option<PathBuf>,
-}
-
-impl DevicePluginArgs {
-    pub fn options(self) -> device_plugin::Options {
-        device_plugin::Options {
-            kubelet_dir: self.kubelet_dir,
-            resource_name: self.resource_name,
-            shares: self.shares,
-            interval: std::time::Duration::from_secs(self.health_interval),
-            config: self.config,
-            host_root: self.host_root,
-            outputs: Outputs {
-                nfd_dir: (!self.no_nfd).then_some(self.nfd_dir),
-                cdi_dir: (!self.no_cdi).then_some(self.cdi_dir),
-            },
-        }
-    }
-}
-
-/// `oci-tpm-device-plugin`'s command line: the options of `oci-tpm-hook
-/// device-plugin`, which runs it.
-#[derive(Parser, Debug)]
-#[command(name = "oci-tpm-device-plugin", version, about = DEVICE_PLUGIN_ABOUT)]
-pub struct DevicePluginCli {
-    #[command(flatten)]
-    pub plugin: DevicePluginArgs,
-}
-
-const DEVICE_PLUGIN_ABOUT: &str = "The kubelet device plugin of oci-tpm-hook: the node's TPMs as an extended resource, health from self-tests, node labels for NFD";
-
-/// The device plugin's binary, beside `oci-tpm-hook`.
-pub const DEVICE_PLUGIN_BIN: &str = "oci-tpm-device-plugin";
-
-/// An extended resource name as the kubelet accepts it: `DOMAIN/NAME`, the
-/// domain a DNS name with a dot and not Kubernetes' own.
-fn resource_name(s: &str) -> Result<String, String> {
-    let ok = s.split_once('/').is_some_and(|(domain, name)| {
-        domain.contains('.')
-            && !domain.ends_with("kubernetes.io")
-            && domain.split('.').all(|l| {
-                !l.is_empty()
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            })
-            && !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    });
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err("must be DOMAIN/NAME with a DNS domain outside kubernetes.io, e.g. oci-tpm-hook.dev/tpm".into())
-    }
-}
-
-#[derive(Args, Debug)]
 pub struct DoctorArgs {
     /// One JSON object instead of the table
     #[arg(long)]
@@ -224,6 +142,29 @@ pub struct DoctorArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CdiArgs {
+    #[command(subcommand)]
+    pub command: CdiCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CdiCommand {
+    /// Write the CDI spec: one device (oci-tpm-hook.dev/tpm=tpmrmN) per TPM the policy allows
+    #[command(after_help = CDI_AFTER_HELP)]
+    Generate(CdiGenerateArgs),
+}
+
+const CDI_AFTER_HELP: &str = "\
+Each device gives the node (mode 0660, the host's tss group), that group as an
+additional GID of the container's process, TPM2TOOLS_TCTI/TSS2_TCTI and the
+hook that self-tests the TPM from inside the container:
+
+  podman run --device oci-tpm-hook.dev/tpm=tpmrm0 IMAGE tpm2_getrandom 8
+
+A host without a TPM the policy allows gets no spec (an existing one is
+removed). The packaged udev rule runs this whenever a TPM appears or goes away.";
+
+#[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Directory for the man pages (section 1)
     #[arg(long, value_name = "DIR")]
@@ -231,14 +172,6 @@ pub struct GenerateArgs {
     /// Directory for bash, zsh and fish completions
     #[arg(long, value_name = "DIR")]
     pub completions: Option<PathBuf>,
-}
-
-fn non_empty(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(s.to_owned())
-    }
 }
 
 fn two_digits(s: &str) -> Result<String, String> {
@@ -343,7 +276,11 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> anyhow::Result<()> {
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
     let file = dir.join(format!("{name}.1"));
     std::fs::write(&file, page).with_context(|| format!("cannot write {}", file.display()))?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommand gets no page: each page has its help.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let sub = sub
             .clone()
             .name(format!("{name}-{}", sub.get_name()))
@@ -388,6 +325,25 @@ mod tests {
             (s.level, s.json, s.timeout_ms),
             (ProbeLevel::Full, true, 5000)
         );
+        let Some(Command::Cdi(CdiArgs {
+            command: CdiCommand::Generate(g),
+        })) = try_parse(&["cdi", "generate"]).unwrap().command
+        else {
+            panic!("cdi generate");
+        };
+        assert_eq!(g.output, PathBuf::from("/var/run/cdi/oci-tpm-hook.json"));
+        let Some(Command::Configure(c)) = try_parse(&["configure", "docker", "--dry-run", "--cdi"])
+            .unwrap()
+            .command
+        else {
+            panic!("configure");
+        };
+        let ConfigureCommand::Docker(d) = &c.command else {
+            panic!("configure docker");
+        };
+        assert!(c.dry_run && d.cdi && !d.set_as_default);
+        assert_eq!(d.config, PathBuf::from("/etc/docker/daemon.json"));
+        assert_eq!(d.runtime_path, PathBuf::from("/usr/bin/oci-tpm-runtime"));
         let Some(Command::Nri(n)) = try_parse(&["nri", "--index=20", "--no-hook"])
             .unwrap()
             .command
@@ -403,6 +359,32 @@ mod tests {
     }
 
     #[test]
+    fn the_hook_takes_request_annotations() {
+        let cli = try_parse(&[
+            "hook",
+            "--annotation",
+            "oci-tpm-hook/device=tpmrm1",
+            "--annotation=oci-tpm-hook/self-test=full",
+        ])
+        .unwrap();
+        let Some(Command::Hook(h)) = cli.command else {
+            panic!("hook");
+        };
+        let given = h.given_annotations();
+        assert_eq!(given["oci-tpm-hook/device"], "tpmrm1");
+        assert_eq!(given["oci-tpm-hook/self-test"], "full");
+        for bad in [
+            "oci-tpm-hook/device",
+            "io.example/x=1",
+            "oci-tpm-hook/device=/dev/tpmrm0",
+            "oci-tpm-hook/devcie=tpmrm0",
+        ] {
+            let err = try_parse(&["hook", "--annotation", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn usage_errors_and_help() {
         for bad in [
             &["frobnicate"][..],
@@ -411,6 +393,9 @@ mod tests {
             &["nri", "--index", "7"],
             &["nri", "--name", ""],
             &["nri", "--socket"],
+            &["configure"],
+            &["configure", "podman"],
+            &["configure", "containerd", "--config-version", "1"],
             &["--frob"],
         ] {
             let err = try_parse(bad).unwrap_err();
@@ -446,12 +431,27 @@ mod tests {
             "oci-tpm-hook-selftest.1",
             "oci-tpm-hook-nri.1",
             "oci-tpm-hook-doctor.1",
+            "oci-tpm-hook-cdi.1",
+            "oci-tpm-hook-cdi-generate.1",
+            "oci-tpm-hook-configure.1",
+            "oci-tpm-hook-configure-docker.1",
+            "oci-tpm-hook-configure-containerd.1",
+            "oci-tpm-hook-configure-crio.1",
             "oci-tpm-runtime.1",
         ] {
             let text = std::fs::read_to_string(dir.path().join("man").join(page)).unwrap();
             assert!(text.contains(".TH"), "{page}");
         }
-        assert!(!dir.path().join("man/oci-tpm-hook-generate.1").exists());
+        let pages: Vec<String> = std::fs::read_dir(dir.path().join("man"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !pages
+                .iter()
+                .any(|p| p.contains("-help") || p.contains("-generate.1") && !p.contains("cdi")),
+            "no pages for `help` or the hidden `generate`: {pages:?}"
+        );
         for f in [
             "oci-tpm-hook.bash",
             "_oci-tpm-hook",

@@ -13,10 +13,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use oci_tpm_hook::cli::{self, Command, HookArgs};
+use oci_tpm_hook::cli::{self, CdiCommand, Command, HookArgs};
 use oci_tpm_hook::core::host::HostRoots;
 use oci_tpm_hook::frontend::hook::{self, HookResult};
-use oci_tpm_hook::frontend::{doctor, nri, runtime_report, selftest};
+use oci_tpm_hook::frontend::{cdi, configure, doctor, nri, runtime_report, selftest};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -34,6 +34,10 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         // Parsed here for --help and usage errors; run by its own binary.
         Some(Command::DevicePlugin(_)) => exec_device_plugin(&args),
+        Some(Command::Cdi(a)) => match a.command {
+            CdiCommand::Generate(g) => cdi::main(&g),
+        },
+        Some(Command::Configure(a)) => configure::main(&a),
         Some(Command::Doctor(a)) => doctor::main(a.json, a.config),
         Some(Command::Generate(a)) => cli::generate(&a).map(|()| ExitCode::SUCCESS),
     };
@@ -74,6 +78,7 @@ fn hook_main(args: &HookArgs) -> ExitCode {
     match hook::run(
         std::io::stdin().lock(),
         args.config.as_deref().map(Path::new),
+        &args.given_annotations(),
         &HostRoots::default(),
     ) {
         Ok(HookResult::NotRequested | HookResult::Delivered(_)) => ExitCode::SUCCESS,

@@ -44,6 +44,15 @@ fn needs_escape(c: char) -> bool {
             | '\u{feff}')
 }
 
+/// A command-line value that must not be empty (a clap value parser).
+pub fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

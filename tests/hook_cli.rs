@@ -7,7 +7,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn hook(state: &str, config: Option<&Path>) -> Output {
+    hook_with(state, config, &[])
+}
+
+fn hook_with(state: &str, config: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_oci-tpm-hook"));
+    cmd.args(args);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
@@ -17,12 +22,12 @@ fn hook(state: &str, config: Option<&Path>) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hook");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(state.as_bytes())
-        .unwrap();
+    // A hook that stops at its command line exits without reading: the
+    // write then meets a closed pipe, which is no failure of the test.
+    match child.stdin.take().unwrap().write_all(state.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -68,6 +73,35 @@ fn no_request_is_silent_success() {
         std::fs::read(dir.path().join("config.json")).unwrap(),
         before
     );
+}
+
+#[test]
+fn a_request_given_on_the_command_line_counts_as_the_containers() {
+    // What a CDI spec's hook runs: the container carries no annotation.
+    let (dir, config) = setup();
+    let args = ["hook", "--annotation", "oci-tpm-hook/device=tpmrm7"];
+    let out = hook_with(&state("{}", dir.path()), Some(&config), &args);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tpmrm7") && err.contains("container c0ffee000000"),
+        "{err}"
+    );
+    // It wins over the container's own annotation of the same key.
+    let out = hook_with(
+        &state(r#"{"oci-tpm-hook/device":"none"}"#, dir.path()),
+        Some(&config),
+        &args,
+    );
+    assert!(stderr(&out).contains("tpmrm7"), "{}", stderr(&out));
+    // A malformed one is a usage error before any state is read.
+    let out = hook_with(
+        "{}",
+        Some(&config),
+        &["hook", "--annotation", "oci-tpm-hook/device=/dev/tpmrm0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not valid"), "{}", stderr(&out));
 }
 
 #[test]

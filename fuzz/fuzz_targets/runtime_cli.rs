@@ -15,9 +15,17 @@ fuzz_target!(|data: &[u8]| {
         .map(|a| OsString::from_vec(a.to_vec()))
         .collect();
     let inv = parse_args(&args);
+    // Only create/run name a bundle; only they and exec name a container;
+    // only exec names a process file.
     if !inv.edits_bundle() {
         assert_eq!(inv.bundle, None);
+    }
+    let is_exec = inv.command.as_deref() == Some("exec");
+    if !inv.edits_bundle() && !is_exec {
         assert_eq!(inv.container_id, None);
+    }
+    if !is_exec {
+        assert_eq!(inv.process, None);
     }
     assert!(inv.config_path().ends_with("config.json"));
     assert!(inv.unknown_flags.len() <= args.len());

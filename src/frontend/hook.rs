@@ -11,6 +11,7 @@
 //! fails, everything done so far is taken back: a refused or abandoned
 //! grant leaves no node and no rule behind.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -90,11 +91,16 @@ pub struct SelfTested {
     pub report: SelfTestReport,
 }
 
-/// Runs the hook on a state read from `input`. An `Err` (bad input before
-/// any container is known, a malformed policy) fails the container too.
+/// Runs the hook on a state read from `input`. `given` are request
+/// annotations from the hook's command line (a CDI spec's hook names the
+/// device it delivers there, as CDI cannot annotate a container); they
+/// count as the container's own and win over its same keys. An `Err` (bad
+/// input before any container is known, a malformed policy) fails the
+/// container too.
 pub fn run(
     input: impl Read,
     config: Option<&Path>,
+    given: &BTreeMap<String, String>,
     host: &HostRoots,
 ) -> anyhow::Result<HookResult> {
     let started = Instant::now();
@@ -103,7 +109,10 @@ pub fn run(
         .take((1 << 20) + 1)
         .read_to_end(&mut bytes)
         .context("cannot read the OCI state from stdin")?;
-    let state = ContainerState::parse(&bytes)?;
+    let mut state = ContainerState::parse(&bytes)?;
+    state
+        .annotations
+        .extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
     if !request::mentions_us(&state.annotations) {
         return Ok(HookResult::NotRequested);
     }

@@ -8,8 +8,14 @@
 //! - [`nri`]: the containerd/CRI-O NRI plugin;
 //! - [`device_plugin`]: the kubelet device plugin and the node's NFD labels;
 //! - [`selftest`]: a TPM health probe;
-//! - [`doctor`]: the host checked, each failure with its fix.
+//! - [`doctor`]: the host checked, each failure with its fix;
+//! - [`cdi`]: a Container Device Interface spec of the host's TPMs, whose
+//!   devices bring the hook along;
+//! - [`configure`]: the engines' configuration files edited to use the
+//!   above (docker's runtime, containerd's and CRI-O's NRI).
 
+pub mod cdi;
+pub mod configure;
 pub mod device_plugin;
 pub mod doctor;
 pub mod hook;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tpm2_selftest::{self as tpm, SelfTestLevel};
 
-use crate::cli::SelftestArgs;
+use clap::{Args, ValueEnum};
 
 /// Where the device is when `--device` is not given: the TCTI the grant put
 /// into the container's environment, else the first resource manager.
@@ -55,4 +55,39 @@ pub fn main(args: &SelftestArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The levels a probe may ask for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeLevel {
+    /// GetCapability and GetRandom
+    Quick,
+    /// quick, then TPM2_SelfTest and GetTestResult
+    Full,
+}
+
+impl From<ProbeLevel> for SelfTestLevel {
+    fn from(l: ProbeLevel) -> Self {
+        match l {
+            ProbeLevel::Quick => SelfTestLevel::Quick,
+            ProbeLevel::Full => SelfTestLevel::Full,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SelftestArgs {
+    /// The TPM device [default: the device in $TPM2TOOLS_TCTI or $TSS2_TCTI, else /dev/tpmrm0]
+    #[arg(long, value_name = "PATH")]
+    pub device: Option<PathBuf>,
+    /// How much to prove
+    #[arg(long, value_enum, default_value_t = ProbeLevel::Quick)]
+    pub level: ProbeLevel,
+    /// Give up after this many milliseconds
+    #[arg(long, value_name = "N", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=120_000))]
+    pub timeout_ms: u64,
+    /// One JSON object instead of a line
+    #[arg(long)]
+    pub json: bool,
 }

@@ -11,22 +11,15 @@
 //! drop them.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fs;
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{anyhow, bail, Context};
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 use serde_json::Value;
 
 use super::spec_edit::{apply, kind, Changes};
 use crate::core::grant::Grant;
 use crate::core::hook_entry::HookEntry;
+use crate::files::{json_like, IsSymlink, PlainFile};
 
 /// A bundle's spec and the directory it belongs to.
 #[derive(Debug, Clone)]
@@ -104,14 +97,11 @@ impl Spec {
 /// The file is opened without following links and must be a regular file:
 /// a config.json that is a symlink or a FIFO is refused, never edited
 /// through. The rewrite goes through a handle on the bundle directory, so
-/// it lands in the directory that was read, whatever its path means later.
+/// it lands in the directory that was read, whatever its path means later
+/// ([`PlainFile`]).
 #[derive(Debug)]
 pub struct BundleFile {
-    path: PathBuf,
-    dir: OwnedFd,
-    name: OsString,
-    meta: fs::Metadata,
-    original: Vec<u8>,
+    file: PlainFile,
     pub spec: Spec,
 }
 
@@ -123,173 +113,53 @@ impl BundleFile {
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let shown = path.display();
-        let (dir_path, name) = match (path.parent(), path.file_name()) {
-            (Some(d), Some(n)) => (
-                if d.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    d
-                },
-                n.to_os_string(),
+        let file = PlainFile::read(path).map_err(|e| match e.downcast_ref::<IsSymlink>() {
+            Some(_) => anyhow!(
+                "{shown} is a symlink; refusing to edit through it (the bundle must hold the spec itself)"
             ),
-            _ => bail!("{shown} does not name a file in a directory"),
-        };
-        let dir = nix::fcntl::open(
-            dir_path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("cannot open the bundle directory {}", dir_path.display()))?;
-        let fd = nix::fcntl::openat(
-            dir.as_fd(),
-            name.as_os_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            nix::errno::Errno::ELOOP => {
-                anyhow!("{shown} is a symlink; refusing to edit through it (the bundle must hold the spec itself)")
-            }
-            e => anyhow!("cannot read {shown}: {e}"),
+            None => e,
         })?;
-        let mut file = fs::File::from(fd);
-        let meta = file
-            .metadata()
-            .with_context(|| format!("cannot stat {shown}"))?;
-        if !meta.file_type().is_file() {
-            bail!("{shown} is not a regular file; refusing to edit it");
-        }
-        let mut original = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut original)
-            .with_context(|| format!("cannot read {shown}"))?;
-        let spec: Value = serde_json::from_slice(&original)
+        let original = file
+            .contents()
+            .ok_or_else(|| anyhow!("cannot read {shown}: it does not exist"))?;
+        let spec: Value = serde_json::from_slice(original)
             .with_context(|| format!("{shown} is not valid JSON"))?;
         if !spec.is_object() {
             bail!("{shown} holds {}, not a JSON object", kind(&spec));
         }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         Ok(Self {
-            path: path.to_path_buf(),
-            dir,
-            name,
-            meta,
-            original,
-            spec: Spec {
-                dir: dir_path.to_path_buf(),
-                json: spec,
-            },
+            file,
+            spec: Spec { dir, json: spec },
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
         crate::oci::state::annotations(&self.spec.json)
-            .with_context(|| format!("in {}", self.path.display()))
+            .with_context(|| format!("in {}", self.path().display()))
     }
 
     /// Applies the grant and writes the file when that changed anything; an
     /// unchanged spec leaves the file untouched (same bytes, same inode).
     pub fn apply_and_write(&mut self, grant: &Grant, hook: &HookEntry) -> anyhow::Result<Changes> {
         let changes = apply(&mut self.spec.json, grant, hook)
-            .with_context(|| format!("cannot edit {}", self.path.display()))?;
+            .with_context(|| format!("cannot edit {}", self.path().display()))?;
         if !changes.is_empty() {
-            let bytes = serialize_like(&self.spec.json, &self.original)?;
-            self.replace(&bytes)
-                .with_context(|| format!("cannot write {}", self.path.display()))?;
+            let original = self.file.contents().unwrap_or_default();
+            let bytes = json_like(&self.spec.json, original)?;
+            // The file exists (it was read), so its own mode is kept.
+            self.file.write(&bytes, 0o644)?;
         }
         Ok(changes)
     }
-
-    /// Replaces the file so that a reader sees either the old or the new
-    /// one, never a half-written one: a temp file in the same directory with
-    /// the original's mode and owner, fsync, rename over the original (still
-    /// the file that was read), fsync of the directory.
-    fn replace(&self, bytes: &[u8]) -> anyhow::Result<()> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let tmp = format!(
-            ".{}.oci-tpm.{}.{}",
-            self.name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mode = self.meta.mode() & 0o7777;
-        let result = (|| -> anyhow::Result<()> {
-            let fd = nix::fcntl::openat(
-                self.dir.as_fd(),
-                tmp.as_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(mode),
-            )
-            .with_context(|| format!("cannot create {tmp} in the bundle"))?;
-            let mut file = fs::File::from(fd);
-            // The umask may have cleared bits of the requested mode.
-            file.set_permissions(fs::Permissions::from_mode(mode))?;
-            let owner = file.metadata()?;
-            if (owner.uid(), owner.gid()) != (self.meta.uid(), self.meta.gid()) {
-                std::os::unix::fs::fchown(&file, Some(self.meta.uid()), Some(self.meta.gid()))
-                    .context("cannot give the new file the original's owner")?;
-            }
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            let now = nix::sys::stat::fstatat(
-                self.dir.as_fd(),
-                self.name.as_os_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
-            if (now.st_dev, now.st_ino) != (self.meta.dev(), self.meta.ino()) {
-                bail!("the file changed under us; leaving it alone");
-            }
-            nix::fcntl::renameat(
-                self.dir.as_fd(),
-                tmp.as_str(),
-                self.dir.as_fd(),
-                self.name.as_os_str(),
-            )?;
-            nix::unistd::fsync(self.dir.as_fd())?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = nix::unistd::unlinkat(
-                self.dir.as_fd(),
-                tmp.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
-        result
-    }
-}
-
-/// Serializes `spec` in the style of `original`: compact when the original
-/// was on one line (what engines write), else indented with the original's
-/// indent unit; a trailing newline is kept when there was one.
-fn serialize_like(spec: &Value, original: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let text = String::from_utf8_lossy(original);
-    let indent: Option<String> = text.lines().skip(1).find_map(|line| {
-        let ws: String = line
-            .chars()
-            .take_while(|c| *c == ' ' || *c == '\t')
-            .collect();
-        (!ws.is_empty()).then_some(ws)
-    });
-    let mut out = Vec::with_capacity(original.len() + 512);
-    match indent {
-        None => serde_json::to_writer(&mut out, spec)?,
-        Some(unit) => {
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(unit.as_bytes());
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-            serde::Serialize::serialize(spec, &mut ser)?;
-        }
-    }
-    if original.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -388,23 +258,5 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
         let err = format!("{:#}", BundleFile::load(dir.path()).unwrap_err());
         assert!(err.contains("not valid JSON"), "{err}");
-    }
-
-    #[test]
-    fn style_follows_the_original() {
-        let v = json!({"a": [1], "b": {"c": true}});
-        assert_eq!(
-            serialize_like(&v, b"{\"a\":1}").unwrap(),
-            br#"{"a":[1],"b":{"c":true}}"#
-        );
-        let tabbed = serialize_like(&v, b"{\n\t\"a\": 1\n}\n").unwrap();
-        assert_eq!(
-            String::from_utf8(tabbed).unwrap(),
-            "{\n\t\"a\": [\n\t\t1\n\t],\n\t\"b\": {\n\t\t\"c\": true\n\t}\n}\n"
-        );
-        let spaced = serialize_like(&v, b"{\n  \"a\": 1\n}").unwrap();
-        assert!(String::from_utf8(spaced)
-            .unwrap()
-            .starts_with("{\n  \"a\": [\n    1"));
     }
 }

@@ -64,17 +64,44 @@ const CREATE_BOOL_FLAGS: &[&str] = &[
     "h",
 ];
 
+/// Flags of `exec` that take a value (runc 1.1 and 1.2).
+const EXEC_VALUE_FLAGS: &[&str] = &[
+    "process",
+    "p",
+    "console-socket",
+    "pidfd-socket",
+    "cwd",
+    "env",
+    "e",
+    "user",
+    "u",
+    "additional-gids",
+    "g",
+    "process-label",
+    "apparmor",
+    "cap",
+    "c",
+    "preserve-fds",
+    "pid-file",
+    "cgroup",
+];
+
 /// What the wrapper needs to know about one runtime command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invocation {
     pub command: Option<String>,
     /// `--bundle`/`-b` of create/run; `None` = the working directory.
     pub bundle: Option<PathBuf>,
-    /// The last positional argument of create/run.
+    /// The last positional argument of create/run; the first of exec.
     pub container_id: Option<String>,
     /// The runtime's `--log` file and `--log-format`, where errors must go.
     pub log: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// `--process`/`-p` of exec: the JSON file with the process to start.
+    pub process: Option<PathBuf>,
+    /// The arguments before the subcommand (`--root`, `--log`, ...), for a
+    /// `state` query that must see the same containers.
+    pub global_args: Vec<OsString>,
     /// Flags the wrapper does not know. With one of these it cannot be sure
     /// where the bundle is, so it refuses to edit (see [`prepare_bundle`]).
     pub unknown_flags: Vec<String>,
@@ -172,43 +199,124 @@ pub fn parse_args(args: &[OsString]) -> Invocation {
         return inv;
     };
     inv.command = Some(command.to_string_lossy().into_owned());
+    inv.global_args = args[..i].to_vec();
     if inv.edits_bundle() {
         parse_create_args(&args[i + 1..], &mut inv);
+    } else if inv.command.as_deref() == Some("exec") {
+        parse_exec_args(&args[i + 1..], &mut inv);
     }
     inv
 }
 
-/// Flags may come after positionals: runc's CLI library moves them to the
-/// front before parsing, up to a `--`.
-fn parse_create_args(args: &[OsString], inv: &mut Invocation) {
-    let mut positional: Vec<&OsString> = Vec::new();
+/// The flags a subcommand takes, and whether runc reads flags that come
+/// after its positionals.
+struct SubcommandFlags {
+    value: &'static [&'static str],
+    boolean: &'static [&'static str],
+    /// create/run: runc's CLI library moves flags to the front (up to a
+    /// `--`). exec: it does not (the command's own arguments follow the id),
+    /// so flags end at the first positional.
+    flags_after_positionals: bool,
+}
+
+const CREATE_FLAGS: SubcommandFlags = SubcommandFlags {
+    value: CREATE_VALUE_FLAGS,
+    boolean: CREATE_BOOL_FLAGS,
+    flags_after_positionals: true,
+};
+
+const EXEC_FLAGS: SubcommandFlags = SubcommandFlags {
+    value: EXEC_VALUE_FLAGS,
+    boolean: &[
+        "tty",
+        "t",
+        "detach",
+        "d",
+        "no-new-privs",
+        "ignore-paused",
+        "help",
+        "h",
+    ],
+    flags_after_positionals: false,
+};
+
+/// A subcommand's arguments, read by its flags.
+#[derive(Default)]
+struct SubcommandArgs<'a> {
+    /// (flag name, value) of every known flag that takes one.
+    values: Vec<(&'a str, Option<&'a OsStr>)>,
+    positional: Vec<&'a OsString>,
+    unknown: Vec<String>,
+}
+
+impl<'a> SubcommandArgs<'a> {
+    fn value(&self, names: &[&str]) -> Option<PathBuf> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| names.contains(n))
+            .and_then(|(_, v)| v.map(PathBuf::from))
+    }
+}
+
+/// Reads a subcommand's arguments. An unknown flag without flags after the
+/// positionals leaves the parse uncertain (does it take a value?): the scan
+/// stops there, with no positional.
+fn scan<'a>(args: &'a [OsString], flags: &SubcommandFlags) -> SubcommandArgs<'a> {
+    let mut out = SubcommandArgs::default();
     let mut i = 0;
     while i < args.len() {
         match classify(&args[i]) {
             Token::EndOfFlags => {
-                positional.extend(&args[i + 1..]);
+                out.positional.extend(&args[i + 1..]);
                 break;
             }
-            Token::Positional => positional.push(&args[i]),
+            Token::Positional if !flags.flags_after_positionals => {
+                out.positional.extend(&args[i..]);
+                break;
+            }
+            Token::Positional => out.positional.push(&args[i]),
             Token::Flag { name, value } => {
-                if CREATE_VALUE_FLAGS.contains(&name) {
+                if flags.value.contains(&name) {
                     let value = value.or_else(|| {
                         i += 1;
                         args.get(i).map(OsString::as_os_str)
                     });
-                    if matches!(name, "bundle" | "b") {
-                        inv.bundle = value.map(PathBuf::from);
+                    out.values.push((name, value));
+                } else if !flags.boolean.contains(&name) {
+                    out.unknown.push(name.to_owned());
+                    if !flags.flags_after_positionals {
+                        return out;
                     }
-                } else if !CREATE_BOOL_FLAGS.contains(&name) {
-                    inv.unknown_flags.push(name.to_owned());
                 }
             }
         }
         i += 1;
     }
-    inv.container_id = positional
+    out
+}
+
+/// `create`/`run`: the bundle, and the container id (the last positional).
+fn parse_create_args(args: &[OsString], inv: &mut Invocation) {
+    let scanned = scan(args, &CREATE_FLAGS);
+    inv.bundle = scanned.value(&["bundle", "b"]);
+    inv.container_id = scanned
+        .positional
         .last()
         .map(|id| id.to_string_lossy().into_owned());
+    inv.unknown_flags.extend(scanned.unknown);
+}
+
+/// `exec [flags] <container-id> [command...]`: the process file, and the
+/// id (the first positional).
+fn parse_exec_args(args: &[OsString], inv: &mut Invocation) {
+    let scanned = scan(args, &EXEC_FLAGS);
+    inv.process = scanned.value(&["process", "p"]);
+    inv.container_id = scanned
+        .positional
+        .first()
+        .map(|id| id.to_string_lossy().into_owned());
+    inv.unknown_flags.extend(scanned.unknown);
 }
 
 #[cfg(test)]
@@ -254,6 +362,47 @@ mod tests {
         assert_eq!(inv.log_format.as_deref(), Some("json"));
         assert!(inv.log.unwrap().ends_with("abc/log.json"));
         assert!(inv.unknown_flags.is_empty());
+    }
+
+    #[test]
+    fn exec_command_lines() {
+        // What containerd's runc shim sends for `docker exec` and health checks.
+        let inv = parse(&[
+            "--root",
+            "/run/docker/runtime-runc/moby",
+            "--log",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc/log.json",
+            "--log-format",
+            "json",
+            "exec",
+            "--process",
+            "/tmp/runc-process123",
+            "--detach",
+            "--pid-file",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc/e1.pid",
+            "abc",
+        ]);
+        assert_eq!(inv.command.as_deref(), Some("exec"));
+        assert_eq!(
+            inv.process.as_deref(),
+            Some(Path::new("/tmp/runc-process123"))
+        );
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(inv.global_args.len(), 6);
+        assert_eq!(
+            inv.global_args[1],
+            OsString::from("/run/docker/runtime-runc/moby")
+        );
+        assert!(!inv.edits_bundle());
+
+        let inv = parse(&["exec", "-p=/p.json", "-t", "c1", "sh", "-c", "x"]);
+        assert_eq!(inv.process.as_deref(), Some(Path::new("/p.json")));
+        assert_eq!(inv.container_id.as_deref(), Some("c1"));
+
+        // A flag it does not know: unsure what is the id, so none.
+        let inv = parse(&["exec", "--frobnicate", "--process", "/p.json", "c1"]);
+        assert_eq!(inv.container_id, None);
+        assert_eq!(inv.unknown_flags, vec!["frobnicate".to_string()]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ grep -q '^1 passed, 0 failed' /tmp/oci-tpm-bench-lab.$$ || { echo "[bench] the l
 rm -f /tmp/oci-tpm-bench-lab.$$
 
 echo
-echo "== 4. load: $((${LAB_LOAD_CONTAINERS:-64})) containers asking for the TPM at once (lab; podman and containerd/NRI)"
-LAB_GUESTS=1 tests/lab/run.sh load | tee /tmp/oci-tpm-bench-load.$$ | grep -E '^BENCH|passed|FAIL' || true
+echo "== 4. load: ${LAB_LOAD_CONTAINERS:-64} containers asking for the TPM at once (lab; podman and containerd/NRI)"
+LAB_LOAD_CONTAINERS=${LAB_LOAD_CONTAINERS:-64} LAB_GUESTS=1 LAB_SCENARIO_DIR=tests/bench/lab tests/lab/run.sh load | tee /tmp/oci-tpm-bench-load.$$ | grep -E '^BENCH|passed|FAIL' || true
 grep -q '^1 passed, 0 failed' /tmp/oci-tpm-bench-load.$$ || { echo "[bench] the load scenario failed; see its run directory"; rm -f /tmp/oci-tpm-bench-load.$$; exit 1; }
 rm -f /tmp/oci-tpm-bench-load.$$

@@ -242,7 +242,24 @@ stage_project_binaries() {
         fi
     done
     [[ $found -eq 1 ]] && say "project binaries: $(ls "$RUN_DIR/bin" | paste -sd' ' -) (in the guest: /lab/bin)"
+    stage_project_packages
     return 0
+}
+
+# The .deb and the rpm (make deb, make rpm) beside the binaries, for the
+# packages scenario; one older than the binaries it should hold is left out,
+# so that the scenario fails saying so instead of testing an old build.
+stage_project_packages() {
+    local pkg
+    for pkg in "$REPO_DIR"/target/deb/oci-tpm-hook_*.deb "$REPO_DIR"/target/rpm/oci-tpm-hook-*.rpm; do
+        [[ -f "$pkg" ]] || continue
+        if [[ "$pkg" -ot "$REPO_DIR/target/release/oci-tpm-hook" ]]; then
+            say "warning: $(basename "$pkg") is older than target/release/oci-tpm-hook (make deb rpm); not staged"
+        else
+            cp "$pkg" "$RUN_DIR/bin/"
+            say "package: $(basename "$pkg") (in the guest: /lab/bin)"
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- processes
@@ -266,7 +283,7 @@ start_swtpm() {
 start_vm() {
     local root="$1" image="$2" kernel guest_cmd
     kernel=$(ls "$root"/boot/vmlinuz-* | head -n1)
-    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_FIXTURE_TIMEOUT=$LAB_FIXTURE_TIMEOUT LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
+    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_FIXTURE_TIMEOUT=$LAB_FIXTURE_TIMEOUT ${LAB_LOAD_CONTAINERS:+LAB_LOAD_CONTAINERS=$LAB_LOAD_CONTAINERS }LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
     # setsid: vng and its qemu get their own process group, which we stop as a whole.
     setsid vng --run "$kernel" --root "$root" \
         --disable-kvm --disable-microvm --verbose \

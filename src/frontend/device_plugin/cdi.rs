@@ -1,5 +1,5 @@
 //! The CDI spec that the device plugin's `Allocate` names: one device
-//! `oci-tpm-hook.dev/tpm=tpmrmN` per advertised TPM, so that the container
+//! `oci-tpm-hook.dev/kubelet=tpmrmN` per advertised TPM, so that the container
 //! runtime (containerd with `enable_cdi`, CRI-O) gives the container's
 //! process the node's group as an additional GID — the one thing neither
 //! the kubelet's device spec nor the NRI API can add — besides the node
@@ -7,98 +7,53 @@
 //!
 //! The self-test is not in the spec: `Allocate`'s annotations make the hook
 //! (CRI-O's hooks directory) or the NRI plugin run it, judged by the policy
-//! with the pod's namespace. `cdiVersion` 0.7.0 is the first with
-//! `additionalGids`. JSON, which every CDI reader accepts.
+//! with the pod's namespace. The devices are `cdi generate`'s
+//! ([`crate::frontend::cdi::device`]) without the hook.
 
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::inventory::Inventory;
-use crate::core::grant::Grant;
 use crate::core::host::container_path;
+use crate::frontend::cdi::{device, remove_spec, spec as cdi_spec, write_spec};
 
-/// The CDI kind: device names are `oci-tpm-hook.dev/tpm=tpmrm0`.
-pub const KIND: &str = "oci-tpm-hook.dev/tpm";
-/// The lowest CDI version with `additionalGids`.
-pub const CDI_VERSION: &str = "0.7.0";
+/// The CDI kind: device names are `oci-tpm-hook.dev/kubelet=tpmrm0`. Not
+/// `cdi generate`'s kind: its devices carry the hook, and a node may have
+/// both specs (CDI refuses a device two specs define).
+pub const KIND: &str = "oci-tpm-hook.dev/kubelet";
 /// CDI's directory for specs made at run time.
 pub const DEFAULT_DIR: &str = "/var/run/cdi";
-pub const FILE_NAME: &str = "oci-tpm-hook.json";
+pub const FILE_NAME: &str = "oci-tpm-hook-device-plugin.json";
 
 /// The spec of every TPM in `inventory`, healthy or not (health decides
 /// what the kubelet hands out, not what a name means); `None` without one.
+/// Without the hook: `Allocate`'s annotations bring it.
 pub fn spec(inventory: &Inventory) -> Option<Value> {
-    let devices: Vec<Value> = inventory.tpms().map(|(_, t)| device(&t.grant)).collect();
-    (!devices.is_empty()).then(|| {
-        json!({
-            "cdiVersion": CDI_VERSION,
-            "kind": KIND,
-            "devices": devices,
-        })
-    })
-}
-
-fn device(grant: &Grant) -> Value {
-    let name = &grant.device.name;
-    let mut node = json!({
-        "path": grant.container_path.display().to_string(),
+    let devices = inventory
+        .tpms()
         // The host's path, whatever this process sees (--host-root).
-        "hostPath": container_path(name).display().to_string(),
-        "type": "c",
-        "permissions": "rw",
-        "fileMode": grant.mode,
-        "uid": 0,
-    });
-    let mut edits = json!({
-        "env": grant.env().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-    });
-    // With access = "process-gid" the node takes the process's own GID and
-    // the process needs no other.
-    if grant.process_needs_group() {
-        node["gid"] = json!(grant.gid);
-        edits["additionalGids"] = json!([grant.gid]);
-    }
-    edits["deviceNodes"] = json!([node]);
-    json!({"name": name, "containerEdits": edits})
+        .map(|(name, t)| device(&t.grant, &container_path(name), None))
+        .collect();
+    cdi_spec(KIND, devices)
 }
 
-/// Writes `spec` as `dir/oci-tpm-hook.json` when it differs from what is
-/// there (atomically: a hidden temporary file renamed over it), or removes
-/// the file when there is no spec. Whether anything changed.
+/// Writes `spec` as `dir/oci-tpm-hook-device-plugin.json` when it differs
+/// from what is there (atomically), or removes the file when there is no
+/// spec. Whether anything changed.
 pub fn write(dir: &Path, spec: Option<&Value>) -> anyhow::Result<bool> {
     let path = dir.join(FILE_NAME);
-    let Some(spec) = spec else {
-        return match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-        };
-    };
-    let mut text = serde_json::to_string_pretty(spec)?;
-    text.push('\n');
-    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
-        return Ok(false);
+    match spec {
+        Some(spec) => write_spec(&path, spec),
+        None => remove_spec(&path),
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the CDI spec directory {}", dir.display()))?;
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::frontend::device_plugin::inventory::tests_support::inventory_with;
+    use serde_json::json;
 
     #[test]
     fn one_device_per_tpm_with_the_group_as_additional_gid() {
@@ -108,7 +63,7 @@ mod tests {
         ]);
         let spec = spec(&inv).unwrap();
         assert_eq!(spec["cdiVersion"], "0.7.0");
-        assert_eq!(spec["kind"], "oci-tpm-hook.dev/tpm");
+        assert_eq!(spec["kind"], KIND);
         let devices = spec["devices"].as_array().unwrap();
         assert_eq!(devices.len(), 2);
         let d = &devices[1];

@@ -321,7 +321,7 @@ mod tests {
     fn two_tpms() -> Inventory {
         let host = FakeHost::with_tpm();
         host.add_tpm(1, "1:3", "2");
-        let mut inv = Inventory::new(2, Some("oci-tpm-hook.dev/tpm".into()));
+        let mut inv = Inventory::new(2, Some(super::super::cdi::KIND.into()));
         inv.granted(grant(&host, "tpmrm0"));
         inv.granted(grant(&host, "tpmrm1"));
         assert_eq!(inv.checked("tpmrm0", Ok(info())), Transition::BecameHealthy);
@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(r.annotations["oci-tpm-hook/device"], "tpmrm1");
         assert_eq!(r.annotations["oci-tpm-hook/self-test"], "quick");
         assert_eq!(r.annotations["oci-tpm-hook/required"], "true");
-        assert_eq!(r.cdi_devices[0].name, "oci-tpm-hook.dev/tpm=tpmrm1");
+        assert_eq!(r.cdi_devices[0].name, "oci-tpm-hook.dev/kubelet=tpmrm1");
         // The annotations are a request the hook's own parser accepts.
         let back = crate::core::request::parse(&r.annotations, None)
             .unwrap()

@@ -24,6 +24,7 @@
 //! (tokio: one thread, plus blocking threads for the self-tests) and gRPC.
 
 pub mod api;
+pub mod args;
 pub mod cdi;
 pub mod health;
 pub mod inventory;

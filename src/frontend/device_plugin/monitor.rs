@@ -341,7 +341,10 @@ mod tests {
         let features =
             || std::fs::read_to_string(out.path().join("features.d/oci-tpm-hook")).unwrap();
         assert!(features().contains("tpm=true\n"), "{}", features());
-        assert!(out.path().join("cdi/oci-tpm-hook.json").is_file());
+        assert!(out
+            .path()
+            .join("cdi/oci-tpm-hook-device-plugin.json")
+            .is_file());
 
         // The self-test fails: Unhealthy, and the label says so.
         *checker.0.lock().unwrap() = Err("TPM_RC_FAILURE".into());

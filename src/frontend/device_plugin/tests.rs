@@ -37,7 +37,7 @@ fn info() -> TpmInfo {
 /// that publishes its device list (the monitor's part).
 fn service() -> (Service, watch::Sender<Vec<Device>>) {
     let host = FakeHost::with_tpm();
-    let mut inventory = Inventory::new(2, Some("oci-tpm-hook.dev/tpm".into()));
+    let mut inventory = Inventory::new(2, Some(super::cdi::KIND.into()));
     inventory.granted(grant(&host, "tpmrm0"));
     inventory.checked("tpmrm0", Ok(info()));
     let (tx, rx) = watch::channel(inventory.devices());
@@ -140,7 +140,7 @@ async fn the_kubelets_calls_over_a_unix_socket() {
     assert_eq!(r.devices[0].permissions, "rw");
     assert_eq!(r.envs["TSS2_TCTI"], "device:/dev/tpmrm0");
     assert_eq!(r.annotations["oci-tpm-hook/device"], "tpmrm0");
-    assert_eq!(r.cdi_devices[0].name, "oci-tpm-hook.dev/tpm=tpmrm0");
+    assert_eq!(r.cdi_devices[0].name, "oci-tpm-hook.dev/kubelet=tpmrm0");
 
     let preferred = kubelet
         .get_preferred_allocation(PreferredAllocationRequest {

@@ -13,11 +13,15 @@
 //! containerd reports the last "error" entry of that file to docker, while
 //! stderr of `create` may be the container's own stderr stream.
 //!
+//! On `exec` it gives the new process the TPM node's group when the
+//! container has a TPM from the wrapper ([`exec`]).
+//!
 //! Layout: [`bundle`] decides and edits config.json, [`lookup`] finds the
 //! real runtime; the command line and the log format are
 //! [`crate::oci::runtime_cli`] and [`crate::oci::runtime_log`].
 
 mod bundle;
+mod exec;
 mod lookup;
 
 use std::ffi::OsString;
@@ -25,6 +29,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 pub use bundle::{prepare_bundle, BundleOutcome};
+pub use exec::prepare_exec;
 pub use lookup::resolve_runtime;
 
 use crate::core::host::HostRoots;
@@ -47,6 +52,16 @@ fn prepare(inv: &Invocation, log: &RuntimeLog) -> anyhow::Result<PathBuf> {
     )?;
     if inv.edits_bundle() {
         prepare_bundle(inv, &policy, &HostRoots::default(), log)?;
+    } else if inv.command.as_deref() == Some("exec") {
+        // A process that cannot get the TPM's group still runs, as it would
+        // have without the wrapper: say why, do not fail every exec.
+        match prepare_exec(&runtime, inv) {
+            Ok(gids) if !gids.is_empty() => log.info(&format!(
+                "exec: added the TPM's group {gids:?} to the process"
+            )),
+            Ok(_) => {}
+            Err(e) => log.warn(&format!("exec: the TPM's group was not added: {e:#}")),
+        }
     }
     Ok(runtime)
 }

@@ -7,12 +7,12 @@ HOOK_BIN="$LAB_BIN/oci-tpm-hook"
 HOOK_LOG="$LAB_LOG_DIR/oci-tpm-hook.log"
 HOOK_POLICY=/etc/oci-tpm-hook/config.toml
 
-# install_policy [TOML]: the host policy, logging to $HOOK_LOG, plus TOML
-# (other tables than [log]). Removed when the scenario exits.
+# install_policy [TOML]: the host policy, logging to $HOOK_LOG (at
+# $HOOK_LOG_LEVEL, default info), plus TOML (other tables than [log]). Removed when the scenario exits.
 install_policy() {
     mkdir -p "$(dirname "$HOOK_POLICY")"
     {
-        printf '[log]\ntarget = "file"\nfile = "%s"\nlevel = "info"\n' "$HOOK_LOG"
+        printf '[log]\ntarget = "file"\nfile = "%s"\nlevel = "%s"\n' "$HOOK_LOG" "${HOOK_LOG_LEVEL:-info}"
         printf '%s\n' "${1:-}"
     } >"$HOOK_POLICY"
     touch "$HOOK_LOG"

@@ -71,10 +71,11 @@ JSON
 
 # ---------------------------------------------------------------- containerd
 
-# containerd_config [--nri] [--cni-dir DIR] [--pod-annotations TOML_LIST]:
+# containerd_config [--nri] [--cdi] [--cni-dir DIR] [--pod-annotations TOML_LIST]:
 # containerd 1.7's config with the CRI plugin (sandbox image
 # localhost/pause:lab, runc, cgroupfs); with --nri also
 # packaging/containerd/nri.toml (NRI on, socket /var/run/nri/nri.sock);
+# --cdi turns on CDI in the CRI plugin (specs in /etc/cdi and /var/run/cdi);
 # --pod-annotations '["*"]' sets the runc runtime's pod annotation passthrough.
 # --device-plugin: what the device plugin's pods need: CDI on (Allocate names
 # a CDI device, which adds the node's group as an additional GID), and the
@@ -85,10 +86,11 @@ containerd_config() {
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --nri) nri=1 ;;
+            --cdi) cdi="enable_cdi = true" ;;
             --cni-dir) cni_dir="$2"; shift ;;
             --pod-annotations) passthrough="pod_annotations = $2"; shift ;;
             --device-plugin)
-                cdi=$'  enable_cdi = true\n  cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]'
+                cdi=$'enable_cdi = true\n  cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]'
                 container_passthrough='      container_annotations = ["oci-tpm-hook/*"]'
                 ;;
             *) echo "containerd_config: unknown option $1" >&2; return 2 ;;
@@ -104,7 +106,7 @@ state = "/run/containerd"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$LAB_PAUSE_IMAGE"
   enable_selinux = false
-$cdi
+  $cdi
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]

@@ -224,7 +224,7 @@ device_numbers() {
 # swtpm; prints its resource-manager device (e.g. /dev/tpmrm1). The swtpm
 # stops when the scenario exits. The kernel gives up on a proxy TPM whose
 # start-up commands time out (seen under heavy load: swtpm then logs an I/O
-# error and no tpmrm appears), so a second fresh swtpm gets one more try.
+# error and no tpmrm appears), so fresh swtpms get two more tries.
 add_vtpm() {
     local state before dev="" attempt
     # Only the device goes to stdout (callers capture it); what the waits
@@ -232,7 +232,7 @@ add_vtpm() {
     {
         modprobe tpm_vtpm_proxy
         before=$(ls /dev/tpmrm* 2>/dev/null | sort)
-        for attempt in 1 2; do
+        for attempt in 1 2 3; do
             state=$(mktemp -d /run/lab/vtpm.XXXXXX)
             start_daemon "swtpm-vtpm-$(basename "$state")" \
                 swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
@@ -242,8 +242,10 @@ add_vtpm() {
             fi
             note "attempt $attempt: no new /dev/tpmrm* from the vTPM proxy; stopping that swtpm"
             stop_pid "${LAB_DAEMON_PIDS[-1]}" "swtpm-vtpm-$(basename "$state")"
+            # Give a loaded host a moment before the next fresh swtpm.
+            sleep 10
         done
-        [[ -n "$dev" ]] || fail "the vTPM proxy gave no new /dev/tpmrm* in two attempts"
+        [[ -n "$dev" ]] || fail "the vTPM proxy gave no new /dev/tpmrm* in three attempts"
         # Like a host's udev rules (tpm2-tss): tpmrm* is group tss, mode 0660.
         wait_for 10 "$dev to appear" test -c "$dev"
         chgrp tss "$dev" && chmod 0660 "$dev"
@@ -274,6 +276,9 @@ wait_for_daemon() {
 
 # ---------------------------------------------------------------- engines
 
+# LAB_DOCKERD_CONFIG: the daemon.json start_dockerd writes.
+LAB_DOCKERD_CONFIG=/run/lab/docker/daemon.json
+
 # start_dockerd [JSON]: start dockerd (no network, cgroupfs, overlay2 on tmpfs);
 # JSON is merged over the lab's daemon.json, e.g.
 #   start_dockerd '{"runtimes":{"tpm":{"path":"/lab/bin/oci-tpm-runtime"}}}'
@@ -282,7 +287,7 @@ wait_for_daemon() {
 # off), started and awaited here: dockerd's built-in start of containerd gives
 # up after 15 s, too short for a slow emulated guest.
 start_dockerd() {
-    local extra="${1:-}" conf=/run/lab/docker/daemon.json ctd=/run/lab/docker-containerd
+    local extra="${1:-}" conf=$LAB_DOCKERD_CONFIG ctd=/run/lab/docker-containerd
     mkdir -p /run/lab/docker "$ctd"
     cat >"$ctd/config.toml" <<TOML
 version = 2
@@ -311,16 +316,38 @@ TOML
     wait_for_daemon dockerd "$LAB_WAIT" docker version
 }
 
-# start_containerd [TOML]: start containerd with the CRI plugin (sandbox image
-# localhost/pause:lab, runc, cgroupfs); TOML is appended to the lab's config
-# (add new tables, e.g. the NRI plugin's). Socket: /run/containerd/containerd.sock.
+# restart_dockerd: stop dockerd (not its containerd) and start it again on
+# $LAB_DOCKERD_CONFIG as it is now (after an edit); its log is
+# dockerd-restarted.log.
+restart_dockerd() {
+    stop_daemon dockerd
+    start_daemon dockerd-restarted dockerd --config-file "$LAB_DOCKERD_CONFIG"
+    wait_for_daemon dockerd-restarted "$LAB_WAIT" docker version
+}
+
+# start_containerd [--cdi] [TOML]: start containerd with the CRI plugin
+# (sandbox image localhost/pause:lab, runc, cgroupfs; with --cdi, CDI on);
+# TOML is appended to the lab's config (add new tables, e.g. the NRI
+# plugin's). Config: $LAB_CONTAINERD_CONFIG. Socket: /run/containerd/containerd.sock.
+LAB_CONTAINERD_CONFIG=/run/lab/containerd/config.toml
 start_containerd() {
-    local extra="${1:-}" conf=/run/lab/containerd/config.toml
+    local opts=() extra conf=$LAB_CONTAINERD_CONFIG
+    [[ "${1:-}" == --cdi ]] && { opts+=(--cdi); shift; }
+    extra="${1:-}"
     mkdir -p /run/lab/containerd /etc/cni/net.d
-    containerd_config >"$conf"
+    containerd_config "${opts[@]}" >"$conf"
     [[ -n "$extra" ]] && printf '\n%s\n' "$extra" >>"$conf"
     start_daemon containerd containerd --config "$conf"
     wait_for_daemon containerd "$LAB_WAIT" ctr version
+}
+
+# restart_containerd: stop containerd and start it again on
+# $LAB_CONTAINERD_CONFIG as it is now (after an edit); its log is
+# containerd-restarted.log.
+restart_containerd() {
+    stop_daemon containerd
+    start_daemon containerd-restarted containerd --config "$LAB_CONTAINERD_CONFIG"
+    wait_for_daemon containerd-restarted "$LAB_WAIT" ctr version
 }
 
 # start_crio [--nri] [--hooks-dir DIR] [--runtime crun|runc]: start CRI-O
@@ -457,7 +484,8 @@ load_nri_plugin_image() {
         mkdir -p "$root/bin" "$root/tmp" "$root/etc"
         cp /bin/busybox "$root/bin/busybox"
         for tool in sh cp mv chmod mkdir ls cat rm; do ln -s busybox "$root/bin/$tool"; done
-        for lib in $(ldd "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" | grep -o '/[^ ]*' | sort -u); do
+        # A static binary needs no library; a dynamic one gets the ones it links.
+        for lib in $(ldd "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
             mkdir -p "$root$(dirname "$lib")"
             cp -L "$lib" "$root$lib"
         done
@@ -467,6 +495,8 @@ load_nri_plugin_image() {
         podman import --quiet --change 'ENV PATH=/bin:/usr/bin' "$root.tar" "$base" >/dev/null
         rm -rf "$root" "$root.tar"
     fi
+    # The build context: what the Containerfile copies from a repository
+    # after `make build` (the staged repository has no target/).
     context=$(mktemp -d /run/lab/plugin-context.XXXXXX)
     mkdir -p "$context/target/release"
     cp "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" "$context/target/release/"

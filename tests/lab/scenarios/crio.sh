@@ -9,13 +9,13 @@
 # plugin, the hooks file removed: the same pod gets its TPM through NRI.
 # lab: needs third-party
 # lab: timeout 1800
-# lab: cost 900 (seconds, usual; to split the scenarios between guests)
+# lab: cost 1200 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
+source "$LAB_REPO/tests/lab/guest/hook.sh"
 
 require_binaries oci-tpm-hook
-HOOK="$LAB_BIN/oci-tpm-hook"
-HOOK_LOG="$LAB_LOG_DIR/oci-tpm-hook.log"
+HOOK="$HOOK_BIN"
 PLUGIN_LOG="$LAB_LOG_DIR/oci-tpm-nri.log"
 : >"$HOOK_LOG"
 gid=$(tss_gid)
@@ -25,18 +25,7 @@ note "guest tss gid $gid, tpmrm0 $rm_numbers"
 
 # The node's policy: pods of namespace "lab" may ask; the hook logs to a file
 # (kept with the run's logs).
-mkdir -p /etc/oci-tpm-hook
-cat >/etc/oci-tpm-hook/config.toml <<TOML
-[hook]
-path = "$HOOK"
-[kubernetes]
-namespaces = ["lab"]
-[log]
-target = "file"
-file = "$HOOK_LOG"
-level = "debug"
-TOML
-on_exit "rm -f /etc/oci-tpm-hook/config.toml"
+HOOK_LOG_LEVEL=debug install_policy "$(printf '[hook]\npath = "%s"\n[kubernetes]\nnamespaces = ["%s"]' "$HOOK" lab)"
 
 probe='echo "uid=$(id -u) groups=$(id -G)"
 if [ -e /dev/tpmrm0 ]; then

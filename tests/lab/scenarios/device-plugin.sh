@@ -70,7 +70,7 @@ clean_slate() {
     kubectl delete -k "$LAB_REPO/packaging/kubernetes" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
     kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm- >/dev/null 2>&1 || true
     # What the plugin leaves on the node by design (it describes the node).
-    rm -f "$FEATURES" /var/run/cdi/oci-tpm-hook.json
+    rm -f "$FEATURES" /var/run/cdi/oci-tpm-hook-device-plugin.json
 }
 
 step "the cluster's node on containerd (NRI and CDI on)"
@@ -105,7 +105,7 @@ run cat "$FEATURES"
 assert_contains "$(cat "$FEATURES")" $'\ntpm=true\n'
 assert_contains "$(cat "$FEATURES")" "tpm.version=2.0"
 assert_contains "$(cat "$FEATURES")" "tpm.manufacturer="
-assert_ok jq -c '.devices[] | {name, edits: .containerEdits.additionalGids}' /var/run/cdi/oci-tpm-hook.json
+assert_ok jq -c '.devices[] | {name, edits: .containerEdits.additionalGids}' /var/run/cdi/oci-tpm-hook-device-plugin.json
 assert_contains "$LAB_OUTPUT" "\"name\":\"tpmrm0\",\"edits\":[$gid]"
 
 step "a pod asking for one share: /dev/tpmrm0, the tss GID, the self-test, a signature as uid 1000"

@@ -23,25 +23,15 @@
 # lab: cost 600 (seconds, usual; to split the scenarios between guests)
 set -euo pipefail
 source "$LAB_LIB"
+source "$LAB_REPO/tests/lab/guest/hook.sh"
 
 require_binaries oci-tpm-hook
-HOOK="$LAB_BIN/oci-tpm-hook"
-HOOK_LOG="$LAB_LOG_DIR/oci-tpm-hook.log"
+HOOK="$HOOK_BIN"
 PLUGIN_LOG="$LAB_LOG_DIR/oci-tpm-nri.log"
 : >"$HOOK_LOG"
 gid=$(tss_gid)
 
-mkdir -p /etc/oci-tpm-hook
-cat >/etc/oci-tpm-hook/config.toml <<TOML
-[hook]
-path = "$HOOK"
-[kubernetes]
-namespaces = ["tpm-demo"]
-[log]
-target = "file"
-file = "$HOOK_LOG"
-TOML
-on_exit "rm -f /etc/oci-tpm-hook/config.toml"
+install_policy "$(printf '[hook]\npath = "%s"\n[kubernetes]\nnamespaces = ["%s"]' "$HOOK" tpm-demo)"
 
 probe='if [ -e /dev/tpmrm0 ]; then echo "random: $(tpm2_getrandom --hex 8)"; else echo no-tpmrm0; fi'
 NS_KEYS='io.kubernetes.cri.sandbox-namespace|io.kubernetes.pod.namespace|io.kubernetes.cri-o.Namespace|io.kubernetes.cri.container-type|io.kubernetes.cri-o.ContainerType'
