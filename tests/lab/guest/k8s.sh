@@ -25,6 +25,8 @@ LAB_NODE_NAME=lab-node
 LAB_NODE_IP=10.250.0.2
 LAB_POD_SUBNET=10.244.0.0/16
 LAB_SERVICE_RANGE=10.96.0.0/16
+# The cluster node's kubelet also runs the static pods it finds here.
+LAB_STATIC_POD_DIR=/run/lab/static-pods
 # The image of the NRI plugin's DaemonSet (packaging/kubernetes), as the
 # manifest names it and as containerd normalizes that name.
 NRI_PLUGIN_IMAGE=oci-tpm-hook:0.1.0

@@ -12,9 +12,11 @@
 #    and no supplementalGroups runs as uid 1000 with /dev/tpmrm0, the tss
 #    GID (from the CDI spec), a self-test from the NRI plugin, and signs and
 #    verifies with a TPM key; pod-resources lists its share;
-#  - a Deployment asking for more shares than are free leaves a pod Pending
-#    with the scheduler's "Insufficient oci-tpm-hook.dev/tpm", which starts
-#    once a share is free;
+#  - with one share held by a pod, a Deployment of 2 replicas gets one pod
+#    Running and one Pending with the scheduler's "Insufficient
+#    oci-tpm-hook.dev/tpm"; a static pod (no scheduler) asking for a share
+#    then is not admitted, and the kubelet's error names the resource; once
+#    the first pod goes, the Pending replica starts;
 #  - a second TPM (vTPM proxy) is found and offered; its swtpm stopped, it
 #    turns Unhealthy within the interval + the self-test timeout and the
 #    node's allocatable drops while capacity stays; resumed, healthy again;
@@ -27,7 +29,7 @@
 set -euo pipefail
 source "$LAB_LIB"
 
-require_binaries oci-tpm-hook
+require_binaries oci-tpm-hook oci-tpm-device-plugin
 RESOURCE=oci-tpm-hook.dev/tpm
 RESOURCE_JSONPATH='oci-tpm-hook\.dev/tpm'
 NS=tpm-dp
@@ -48,21 +50,36 @@ shares_are() {
     wait_for 90 "allocatable $RESOURCE = $1" bash -c "[[ \"\$(kubectl get node $LAB_NODE_NAME -o jsonpath='{.status.allocatable.$RESOURCE_JSONPATH}')\" == $1 ]]"
 }
 
-tpm_pod() { # NAME: a pod that asks for one share, nothing else
-    cat <<YAML
-apiVersion: v1
-kind: Pod
-metadata: { name: $1, namespace: $NS }
-spec:
-  securityContext: { runAsUser: 1000, runAsGroup: 1000 }
-  containers:
-    - name: app
-      image: $LAB_IMAGE
-      imagePullPolicy: Never
-      command: ["sleep", "infinity"]
-      resources: { limits: { $RESOURCE: 1 } }
+pod_spec() { # INDENT: a pod spec that asks for one share, nothing else
+    sed "s/^/$1/" <<YAML
+securityContext: { runAsUser: 1000, runAsGroup: 1000 }
+containers:
+  - name: app
+    image: $LAB_IMAGE
+    imagePullPolicy: Never
+    command: ["sleep", "infinity"]
+    resources: { limits: { $RESOURCE: 1 } }
 YAML
 }
+
+tpm_pod() { # NAME
+    printf 'apiVersion: v1\nkind: Pod\nmetadata: { name: %s, namespace: %s }\nspec:\n' "$1" "$NS"
+    pod_spec "  "
+}
+
+tpm_deployment() { # NAME REPLICAS
+    printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: %s, namespace: %s }\n' "$1" "$NS"
+    printf 'spec:\n  replicas: %s\n  selector: { matchLabels: { app: %s } }\n' "$2" "$1"
+    printf '  template:\n    metadata: { labels: { app: %s } }\n    spec:\n' "$1"
+    pod_spec "      "
+}
+
+# pods_in PHASE APP: how many of the Deployment's pods are in PHASE.
+pods_in() {
+    kubectl -n "$NS" get pods -l "app=$2" --field-selector "status.phase=$1" -o name | grep -c . || true
+}
+
+replicas_are() { [[ $(pods_in "$1" "$2") -eq $3 ]]; } # PHASE APP N
 
 clean_slate() {
     kubectl delete namespace "$NS" --ignore-not-found --timeout=300s >/dev/null 2>&1 || true
@@ -70,7 +87,7 @@ clean_slate() {
     kubectl delete -k "$LAB_REPO/packaging/kubernetes" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
     kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm- >/dev/null 2>&1 || true
     # What the plugin leaves on the node by design (it describes the node).
-    rm -f "$FEATURES" /var/run/cdi/oci-tpm-hook-device-plugin.json
+    rm -f "$FEATURES" /var/run/cdi/oci-tpm-hook-device-plugin.json "$LAB_STATIC_POD_DIR/tpm-static.yaml"
 }
 
 step "the cluster's node on containerd (NRI and CDI on)"
@@ -134,16 +151,40 @@ assert_contains "$(plugin_log)" "allocated tpmrm0-" "the device plugin's log"
 assert_ok "${PODRESOURCES[@]}" list
 assert_contains "$LAB_OUTPUT" "$NS/tpm-a/app $RESOURCE tpmrm0-"
 
-step "more shares asked than free: a pod stays Pending with Insufficient $RESOURCE, and starts once one is free"
-tpm_pod tpm-b | kubectl apply -f -
-assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-b --timeout=300s
-tpm_pod tpm-c | kubectl apply -f -
-wait_for 120 "the scheduler's FailedScheduling event for tpm-c" bash -c \
-    "kubectl -n $NS get events --field-selector involvedObject.name=tpm-c,reason=FailedScheduling -o jsonpath='{.items[*].message}' | grep -q 'Insufficient $RESOURCE'"
-assert_eq Pending "$(kubectl -n "$NS" get pod tpm-c -o jsonpath='{.status.phase}')" "tpm-c's phase"
-assert_ok kubectl -n "$NS" delete pod tpm-b --timeout=120s
-assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-c --timeout=300s
-assert_ok kubectl -n "$NS" delete pod tpm-a tpm-c --timeout=120s
+step "a Deployment of 2 while tpm-a holds one of 2 shares: one replica Running, one Pending with Insufficient $RESOURCE"
+tpm_deployment tpm-many 2 | kubectl apply -f -
+wait_for 300 "one tpm-many replica Running" replicas_are Running tpm-many 1
+wait_for 120 "the scheduler's FailedScheduling event for a tpm-many replica" bash -c \
+    "kubectl -n $NS get events --field-selector reason=FailedScheduling -o jsonpath='{.items[*].message}' | grep -q 'Insufficient $RESOURCE'"
+run kubectl -n "$NS" get events --field-selector reason=FailedScheduling -o jsonpath='{.items[-1:].message}{"\n"}'
+assert_eq 1 "$(pods_in Pending tpm-many)" "tpm-many replicas Pending"
+
+step "a static pod asking for a share with none free: the kubelet does not admit it, naming the resource"
+{
+    printf 'apiVersion: v1\nkind: Pod\nmetadata: { name: tpm-static, namespace: %s }\nspec:\n' "$NS"
+    pod_spec "  "
+} >"$LAB_STATIC_POD_DIR/tpm-static.yaml"
+# A rejected static pod gets no mirror pod in the API; the kubelet's
+# Warning event about it (named like the mirror pod) carries the verdict.
+static_events() {
+    kubectl -n "$NS" get events --field-selector "involvedObject.name=tpm-static-$LAB_NODE_NAME,type=Warning" \
+        -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}'
+}
+static_refused() { static_events | grep -q "$RESOURCE"; }
+wait_for 180 "the kubelet's admission verdict on tpm-static" static_refused
+verdict=$(static_events)
+note "the kubelet on tpm-static: $verdict"
+assert_contains "$verdict" "$RESOURCE" "the kubelet's admission error names the resource"
+assert_ok ctr -n k8s.io containers list -q "labels.\"io.kubernetes.pod.name\"==tpm-static-$LAB_NODE_NAME"
+[[ -z "$LAB_OUTPUT" ]] || fail "the refused static pod has containers: $LAB_OUTPUT"
+rm -f "$LAB_STATIC_POD_DIR/tpm-static.yaml"
+
+step "tpm-a goes: the Pending replica starts"
+assert_ok kubectl -n "$NS" delete pod tpm-a --timeout=120s
+wait_for 300 "both tpm-many replicas Running" replicas_are Running tpm-many 2
+assert_ok kubectl -n "$NS" wait --for=condition=Ready pod -l app=tpm-many --timeout=300s
+assert_ok kubectl -n "$NS" delete deployment tpm-many --timeout=120s
+wait_for 120 "tpm-many's pods gone" bash -c "! kubectl -n $NS get pods -l app=tpm-many -o name | grep -q ."
 
 step "a second TPM (vTPM proxy) is found and offered"
 # Not in $(...): add_vtpm records its swtpm for cleanup in this shell.
