@@ -48,6 +48,9 @@ FIXTURE_DIR="$LAB_DIR/guest/fixtures"
 LAB_SCENARIO_DIR="${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
 SCENARIO_DIR="$REPO_DIR/$LAB_SCENARIO_DIR"
 PROJECT_BINARIES=(oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin)
+# Cargo examples only the benchmarks run (make bench builds them): staged
+# beside the binaries when built, not missed when not.
+PROJECT_EXAMPLES=(device_plugin_bench)
 RUNS_TO_KEEP=20
 
 SCENARIOS=()
@@ -230,7 +233,8 @@ stage_repository() {
     fi
 }
 
-# Copy the project's release binaries, so a rebuild during the run changes nothing.
+# Copy the project's release binaries (and the examples that are built), so
+# a rebuild during the run changes nothing.
 stage_project_binaries() {
     local b found=0
     for b in "${PROJECT_BINARIES[@]}"; do
@@ -239,6 +243,11 @@ stage_project_binaries() {
             found=1
         else
             say "warning: target/release/$b not built (make build); scenarios that need it will fail"
+        fi
+    done
+    for b in "${PROJECT_EXAMPLES[@]}"; do
+        if [[ -x "$REPO_DIR/target/release/examples/$b" ]]; then
+            cp "$REPO_DIR/target/release/examples/$b" "$RUN_DIR/bin/"
         fi
     done
     [[ $found -eq 1 ]] && say "project binaries: $(ls "$RUN_DIR/bin" | paste -sd' ' -) (in the guest: /lab/bin)"
