@@ -106,7 +106,10 @@ rpm: build packaging-setup
 	packaging/rpm/build.sh
 
 # Speed and memory, measured on this host and in the lab (see tests/bench/run.sh).
+# The device plugin is measured against a stand-in kubelet, a cargo example
+# (examples/device_plugin_bench.rs) that the lab stages when it is built.
 bench: lab-setup build
+	$(CARGO) rustc --release -p oci-tpm-hook --example device_plugin_bench -- $(STATIC_RUSTFLAGS)
 	tests/bench/run.sh
 
 # Remove the cached guest roots and images (they are rebuilt on the next run).

@@ -5,7 +5,11 @@
 #   2. the docker wrapper's overhead for a container that asks for no TPM:
 #      create+delete through the wrapper vs plain runc, on this host;
 #   3. in the lab (kernel TPM under software emulation): the self-test's
-#      time, the hook's whole delivery, and podman run with and without it.
+#      time, the hook's whole delivery, and podman run with and without it;
+#   4. in the lab: many containers asking for the TPM at once;
+#   5. in the lab: the device plugin's Allocate latency against a stand-in
+#      kubelet (examples/device_plugin_bench.rs), and its CPU time and
+#      memory over an idle minute.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export DEBIAN_FRONTEND=noninteractive
@@ -37,3 +41,9 @@ echo "== 4. load: ${LAB_LOAD_CONTAINERS:-64} containers asking for the TPM at on
 LAB_LOAD_CONTAINERS=${LAB_LOAD_CONTAINERS:-64} LAB_GUESTS=1 LAB_SCENARIO_DIR=tests/bench/lab tests/lab/run.sh load | tee /tmp/oci-tpm-bench-load.$$ | grep -E '^BENCH|passed|FAIL' || true
 grep -q '^1 passed, 0 failed' /tmp/oci-tpm-bench-load.$$ || { echo "[bench] the load scenario failed; see its run directory"; rm -f /tmp/oci-tpm-bench-load.$$; exit 1; }
 rm -f /tmp/oci-tpm-bench-load.$$
+
+echo
+echo "== 5. device plugin: Allocate's latency, and a minute idle (lab)"
+LAB_SCENARIO_DIR=tests/bench/lab tests/lab/run.sh device-plugin | tee /tmp/oci-tpm-bench-dp.$$ | grep -E '^BENCH|passed|FAIL' || true
+grep -q '^1 passed, 0 failed' /tmp/oci-tpm-bench-dp.$$ || { echo "[bench] the device plugin benchmark failed; see its run directory"; rm -f /tmp/oci-tpm-bench-dp.$$; exit 1; }
+rm -f /tmp/oci-tpm-bench-dp.$$
