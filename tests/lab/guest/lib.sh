@@ -485,7 +485,9 @@ load_nri_plugin_image() {
         cp /bin/busybox "$root/bin/busybox"
         for tool in sh cp mv chmod mkdir ls cat rm; do ln -s busybox "$root/bin/$tool"; done
         # A static binary needs no library; a dynamic one gets the ones it links.
-        for lib in $(ldd "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+        # (One binary per ldd: given several, it prints each one's name.)
+        for lib in $(for b in oci-tpm-hook oci-tpm-device-plugin; do ldd "$LAB_BIN/$b" 2>/dev/null || true; done \
+                     | grep -o '/[^ ]*' | sort -u); do
             mkdir -p "$root$(dirname "$lib")"
             cp -L "$lib" "$root$lib"
         done
