@@ -232,10 +232,16 @@ add_vtpm() {
     {
         modprobe tpm_vtpm_proxy
         before=$(ls /dev/tpmrm* 2>/dev/null | sort)
+        # The kernel gives the proxy's TPM its usual command timeouts, in
+        # wall-clock time: on a busy one-vCPU guest (a cluster's control
+        # plane) swtpm answered too late and the kernel dropped the device.
+        # Real-time priority lets it answer first; its work is small.
+        local prio=()
+        chrt -f 10 true 2>/dev/null && prio=(chrt -f 10)
         for attempt in 1 2 3; do
             state=$(mktemp -d /run/lab/vtpm.XXXXXX)
             start_daemon "swtpm-vtpm-$(basename "$state")" \
-                swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
+                "${prio[@]}" swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
             if poll_until $(( LAB_WAIT / 2 )) bash -c "[[ \"\$(ls /dev/tpmrm* 2>/dev/null | sort)\" != \"$before\" ]]"; then
                 dev=$(comm -13 <(printf '%s\n' "$before") <(ls /dev/tpmrm* | sort) | head -n1)
                 break
