@@ -19,7 +19,7 @@
 # plane stays (one cluster boot per run).
 # lab: needs cluster
 # lab: timeout 3600
-# lab: cost 900 (seconds, usual; to split the scenarios between guests)
+# lab: cost 2300 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 
