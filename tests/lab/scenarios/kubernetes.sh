@@ -18,8 +18,8 @@
 # namespace-spoof). The node's runtime is switched in between, the control
 # plane stays (one cluster boot per run).
 # lab: needs cluster
-# lab: timeout 3600
-# lab: cost 2300 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: timeout 5400
+# lab: cost 3300 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 
