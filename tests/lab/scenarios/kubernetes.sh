@@ -19,7 +19,7 @@
 # plane stays (one cluster boot per run).
 # lab: needs cluster
 # lab: timeout 5400
-# lab: cost 3300 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 3500 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 
