@@ -86,6 +86,18 @@ const EXEC_VALUE_FLAGS: &[&str] = &[
     "cgroup",
 ];
 
+/// Flags of `exec` that take none.
+const EXEC_BOOL_FLAGS: &[&str] = &[
+    "tty",
+    "t",
+    "detach",
+    "d",
+    "no-new-privs",
+    "ignore-paused",
+    "help",
+    "h",
+];
+
 /// What the wrapper needs to know about one runtime command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invocation {
@@ -227,16 +239,7 @@ const CREATE_FLAGS: SubcommandFlags = SubcommandFlags {
 
 const EXEC_FLAGS: SubcommandFlags = SubcommandFlags {
     value: EXEC_VALUE_FLAGS,
-    boolean: &[
-        "tty",
-        "t",
-        "detach",
-        "d",
-        "no-new-privs",
-        "ignore-paused",
-        "help",
-        "h",
-    ],
+    boolean: EXEC_BOOL_FLAGS,
     flags_after_positionals: false,
 };
 

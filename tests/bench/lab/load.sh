@@ -84,31 +84,41 @@ none_left() {
         "$1: oci-tpm-hook processes still running"
 }
 
+# batch WHAT DIR START_ONE: N runs of `START_ONE I DIR` at once (each leaves
+# its output in DIR/I.out), their exit statuses in DIR/I.rc; sets SECS to the
+# batch's wall time.
+batch() {
+    local what="$1" dir="$2" start_one="$3" i p t0 pids=()
+    mkdir -p "$dir"
+    t0=$(date +%s)
+    for i in $(seq "$N"); do
+        (
+            rc=0
+            "$start_one" "$i" "$dir" || rc=$?
+            echo "rc=$rc" >"$dir/$i.rc"
+        ) &
+        pids+=("$!")
+    done
+    for p in "${pids[@]}"; do wait "$p" || true; done
+    SECS=$(( $(date +%s) - t0 ))
+    note "$what in $SECS s"
+}
+
 # ---------------------------------------------------------------- podman
 
 step "podman (crun): $N containers at once, each asking for the TPM as uid 1000 in the tss group"
+start_container() { # I DIR
+    timeout "$ONE_BOUND" podman run --rm --name "load-$1" \
+        --annotation oci-tpm-hook/device=tpmrm0 --user 1000 --group-add "$gid" \
+        "$LAB_IMAGE" tpm2_getrandom --hex 8 >"$2/$1.out" 2>&1
+}
 mark_hook_log
 dir="$WORK/podman"
-mkdir -p "$dir"
-t0=$(date +%s)
-pids=()
-for i in $(seq "$N"); do
-    (
-        rc=0
-        timeout "$ONE_BOUND" podman run --rm --name "load-$i" \
-            --annotation oci-tpm-hook/device=tpmrm0 --user 1000 --group-add "$gid" \
-            "$LAB_IMAGE" tpm2_getrandom --hex 8 >"$dir/$i.out" 2>&1 || rc=$?
-        echo "rc=$rc" >"$dir/$i.rc"
-    ) &
-    pids+=("$!")
-done
 on_exit "podman rm -f --all >/dev/null 2>&1"
-for p in "${pids[@]}"; do wait "$p" || true; done
-secs=$(( $(date +%s) - t0 ))
-note "podman: $N containers in $secs s"
+batch "podman: $N containers" "$dir" start_container
 # tpm2_getrandom --hex prints without a newline; give each output its own line.
 for i in $(seq "$N"); do [[ -f "$dir/$i.out" ]] && echo >>"$dir/$i.out"; done
-judge podman "$dir" "$(hook_log_new)" "$secs"
+judge podman "$dir" "$(hook_log_new)" "$SECS"
 assert_eq "" "$(podman ps -a --filter name=load- -q)" "podman: containers left behind"
 none_left podman
 
@@ -120,33 +130,25 @@ load_image_containerd
 start_daemon oci-tpm-nri "$HOOK_BIN" nri
 wait_for 60 "the NRI plugin to synchronize" grep -q 'NRI: synchronized' "$HOOK_LOG"
 containers_before=$(ctr -n k8s.io containers ls -q | wc -l)
+start_pod() { # I DIR
+    local rc=0
+    cri_run --pod "load-$1" --name "load-$1" --namespace lab --user 1000 \
+        --supplemental-group "$gid" --timeout "$ONE_BOUND" --rpc-timeout "$ONE_BOUND" \
+        --log-root "$2/pods" --pod-annotation oci-tpm-hook/device=tpmrm0 \
+        -- tpm2_getrandom --hex 8 >"$2/$1.cri" 2>&1 || rc=$?
+    # cri_run prints its own lines around the container's output; keep the
+    # container's line (16 hex digits) as the output.
+    grep -oE '\b[0-9a-f]{16}\b' "$2/$1.cri" | head -n1 >"$2/$1.out" || cp "$2/$1.cri" "$2/$1.out"
+    return "$rc"
+}
 mark_hook_log
 dir="$WORK/containerd"
-mkdir -p "$dir"
-t0=$(date +%s)
-pids=()
-for i in $(seq "$N"); do
-    (
-        rc=0
-        cri_run --pod "load-$i" --name "load-$i" --namespace lab --user 1000 \
-            --supplemental-group "$gid" --timeout "$ONE_BOUND" --rpc-timeout "$ONE_BOUND" \
-            --log-root "$dir/pods" --pod-annotation oci-tpm-hook/device=tpmrm0 \
-            -- tpm2_getrandom --hex 8 >"$dir/$i.cri" 2>&1 || rc=$?
-        echo "rc=$rc" >"$dir/$i.rc"
-        # cri_run prints its own lines around the container's output; keep
-        # the container's line (16 hex digits) as the output.
-        grep -oE '\b[0-9a-f]{16}\b' "$dir/$i.cri" | head -n1 >"$dir/$i.out" || cp "$dir/$i.cri" "$dir/$i.out"
-    ) &
-    pids+=("$!")
-done
 on_exit "cri_run --remove-all >/dev/null 2>&1"
-for p in "${pids[@]}"; do wait "$p" || true; done
-secs=$(( $(date +%s) - t0 ))
-note "containerd: $N pods in $secs s"
+batch "containerd: $N pods" "$dir" start_pod
 for i in $(seq "$N"); do
     grep -qx 'rc=0' "$dir/$i.rc" 2>/dev/null || { cat "$dir/$i.cri" >"$dir/$i.out" 2>/dev/null || true; }
 done
-judge containerd "$dir" "$(hook_log_new)" "$secs"
+judge containerd "$dir" "$(hook_log_new)" "$SECS"
 assert_eq "$containers_before" "$(ctr -n k8s.io containers ls -q | wc -l)" \
     "containerd: containers (with pod sandboxes) before and after the batch"
 none_left containerd

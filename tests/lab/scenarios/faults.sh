@@ -2,7 +2,7 @@
 # faults: every way a request can fail ends with a clear message and no
 # half-made state: a missing device (required and optional), a hung TPM and a
 # TPM that went away (bounded), a bad annotation value, the exclusive tpm0.
-# lab: cost 200 (seconds, usual; to split the scenarios between guests)
+# lab: cost 200 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
