@@ -104,11 +104,11 @@ step "CRI-O: a pod that sets io.kubernetes.pod.namespace=tpm-demo is refused (CR
 expect_refused CRI-O "a pod claiming io.kubernetes.pod.namespace=tpm-demo" spoof-pod-key --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.pod.namespace=tpm-demo -- sh -c "$probe"
 
-step "CRI-O: a pod that sets io.kubernetes.cri.sandbox-namespace=tpm-demo must be refused (KNOWN GAP)"
+step "CRI-O: a pod that sets io.kubernetes.cri.sandbox-namespace=tpm-demo is refused (CRI-O leaves that key as the pod set it; the policy reads every key)"
 expect_refused CRI-O "a pod claiming io.kubernetes.cri.sandbox-namespace=tpm-demo" spoof-cri-key --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.cri.sandbox-namespace=tpm-demo -- sh -c "$probe"
 
-step "CRI-O: a pod that sets io.kubernetes.cri.sandbox-namespace to empty must be refused (KNOWN GAP)"
+step "CRI-O: a pod that sets io.kubernetes.cri.sandbox-namespace to empty is refused (CRI-O leaves that key as the pod set it; the policy reads every key)"
 expect_refused CRI-O "a pod with an empty io.kubernetes.cri.sandbox-namespace" spoof-empty-cri-key --runtime-handler runc \
     --pod-annotation oci-tpm-hook/device=tpmrm0 --pod-annotation io.kubernetes.cri.sandbox-namespace= -- sh -c "$probe"
 
