@@ -112,13 +112,24 @@ impl BundleFile {
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let shown = path.display();
-        let file = PlainFile::read(path).map_err(|e| match e.downcast_ref::<IsSymlink>() {
+        Self::parse(Self::open(path)?)
+    }
+
+    /// The file's bytes, read safely, not yet parsed.
+    pub fn open(path: &Path) -> anyhow::Result<PlainFile> {
+        PlainFile::read(path).map_err(|e| match e.downcast_ref::<IsSymlink>() {
             Some(_) => anyhow!(
-                "{shown} is a symlink; refusing to edit through it (the bundle must hold the spec itself)"
+                "{} is a symlink; refusing to edit through it (the bundle must hold the spec itself)",
+                path.display()
             ),
             None => e,
-        })?;
+        })
+    }
+
+    /// The document in a file [`Self::open`] read.
+    pub fn parse(file: PlainFile) -> anyhow::Result<Self> {
+        let path = file.path().to_path_buf();
+        let shown = path.display();
         let original = file
             .contents()
             .ok_or_else(|| anyhow!("cannot read {shown}: it does not exist"))?;
@@ -140,6 +151,30 @@ impl BundleFile {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// Only the annotations of config.json's bytes; every other field is
+    /// skipped, not built. This is the docker wrapper's path for the many
+    /// containers that ask for nothing: building the whole document as a
+    /// `Value` (and dropping it) was most of the wrapper's time per runtime
+    /// call. Errs whenever the document is not a plain object or the
+    /// annotations are not strings; callers then read the whole document,
+    /// whose error is the one to show. The skipped fields' strings are not
+    /// checked for UTF-8: a spec that asks for nothing goes to the runtime
+    /// as it is, and the runtime judges it.
+    pub fn annotations_only(bytes: &[u8]) -> anyhow::Result<BTreeMap<String, String>> {
+        #[derive(serde::Deserialize)]
+        struct AnnotationsOnly {
+            #[serde(default)]
+            annotations: Option<Value>,
+        }
+        // A derived struct would also take a JSON array (field by position).
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            bail!("not a JSON object");
+        }
+        let doc: AnnotationsOnly = serde_json::from_slice(bytes)?;
+        crate::oci::state::annotations_value(doc.annotations.as_ref())
     }
 
     pub fn annotations(&self) -> anyhow::Result<BTreeMap<String, String>> {
@@ -172,6 +207,49 @@ mod tests {
             dir: "/b".into(),
             json: v,
         }
+    }
+
+    #[test]
+    fn annotations_only_agrees_with_the_whole_document() {
+        let docs: &[&str] = &[
+            r#"{}"#,
+            r#"  {"annotations": null}"#,
+            r#"{"process":{"args":["sh"]},"annotations":{"oci-tpm-hook/device":"tpmrm0","b":"c"},"linux":{}}"#,
+            r#"{"annotations":{"a":"1"},"z":[1,2,{"annotations":{"x":"y"}}]}"#,
+            r#"{"annotations":{"k":"v","k":"w"}}"#,
+            r#"{"hooks":{"prestart":[{"path":"/x"}]},"annotations":{"a":"\u0062"}}"#,
+        ];
+        for doc in docs {
+            let whole =
+                crate::oci::state::annotations(&serde_json::from_str(doc).unwrap()).unwrap();
+            assert_eq!(
+                BundleFile::annotations_only(doc.as_bytes()).unwrap(),
+                whole,
+                "{doc}"
+            );
+        }
+        // Where the whole document is refused, so is the fast path (the
+        // caller then shows the whole document's error).
+        for bad in [
+            r#"[{"annotations":{"a":"b"}}]"#,
+            r#"{"annotations":{"k":1}}"#,
+            r#"{"annotations":[]}"#,
+            r#"{"annotations":{}} trailing"#,
+            r#"{"annotations":{"a":"b"}"#,
+            r#""annotations""#,
+            "",
+        ] {
+            assert!(
+                BundleFile::annotations_only(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        // Found by fuzzing: invalid UTF-8 in a skipped field. The whole
+        // document is refused, the fast path answers.
+        let latin1 = b"{\"root\":{\"path\":\"/\x85rootfs\"},\"annotations\":{\"a\":\"b\"}}";
+        assert!(serde_json::from_slice::<Value>(latin1).is_err());
+        let fast = BundleFile::annotations_only(latin1).unwrap();
+        assert_eq!(fast.get("a").map(String::as_str), Some("b"));
     }
 
     #[test]

@@ -68,7 +68,12 @@ impl ContainerState {
 /// or null means none; anything but an object of strings is an error (the
 /// OCI spec says `map[string]string`).
 pub fn annotations(doc: &Value) -> anyhow::Result<BTreeMap<String, String>> {
-    match doc.get("annotations") {
+    annotations_value(doc.get("annotations"))
+}
+
+/// The same check for the `annotations` value itself (`None`: absent).
+pub fn annotations_value(value: Option<&Value>) -> anyhow::Result<BTreeMap<String, String>> {
+    match value {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(map)) => map
             .iter()

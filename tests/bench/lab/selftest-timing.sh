@@ -4,13 +4,18 @@
 # Times, on the lab's kernel TPM under software emulation:
 #   - the self-test alone (`oci-tpm-hook selftest`), quick and full;
 #   - the hook's whole delivery (cgroup rule, node, self-test), from its log;
-#   - `podman run … true` with the annotation against without it.
+#   - `podman run … true` with the annotation against without it, and
+#     against what users write by hand instead (`--device /dev/tpmrm0
+#     --group-add <tss gid>`): interleaved, ratio of the medians;
+#   - the same for docker: `--runtime tpm` with the annotation (the wrapper)
+#     against runc with `--device` and `--group-add`;
+#   - where the hook's delivery goes, phase by phase (medians from its log).
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
 
 RUNS=${BENCH_RUNS:-20}
-require_binaries oci-tpm-hook
+require_binaries oci-tpm-hook oci-tpm-runtime
 install_hooks_dir >/dev/null
 install_policy
 load_image_podman
@@ -25,13 +30,44 @@ for level in quick full; do
 done
 
 ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
+# timed FILE CMD...: run CMD (it must succeed), append its wall time in ms.
+timed() {
+    local file="$1" t
+    shift
+    t=$(ms_now)
+    "$@" >/dev/null || fail "benchmark command failed: $*"
+    echo $(( $(ms_now) - t )) >>"$file"
+}
+# ratio A B: median(A) / median(B), two decimals.
+ratio() { awk -v a="$(median <"$1")" -v b="$(median <"$2")" 'BEGIN { printf "%.2f", a / b }'; }
+
+gid=$(tss_gid)
 mark_hook_log
+# One round runs each variant once, in turn, so that a slow spell of the
+# emulated guest falls on all of them alike.
 for _ in $(seq "$RUNS"); do
-    t=$(ms_now); podman run --rm "$LAB_IMAGE" true; echo $(( $(ms_now) - t )) >>/run/lab/bench-plain
-    t=$(ms_now); podman run --rm --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" true
-    echo $(( $(ms_now) - t )) >>/run/lab/bench-tpm
+    timed /run/lab/bench-plain podman run --rm "$LAB_IMAGE" true
+    timed /run/lab/bench-tpm podman run --rm --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" true
+    timed /run/lab/bench-manual podman run --rm --device /dev/tpmrm0 --group-add "$gid" "$LAB_IMAGE" true
 done
-hook_log_new | sed -n 's/.*TPM delivered.* duration_ms=\([0-9]*\).*/\1/p' >/run/lab/bench-delivery
+hook_log_new >/run/lab/bench-hook-log
+phase() { sed -n "s/.*TPM delivered.* $1=\([0-9]*\).*/\1/p" /run/lab/bench-hook-log; }
+phase duration_ms >/run/lab/bench-delivery
 [[ -s /run/lab/bench-delivery ]] || fail "no deliveries in the hook log"
 echo "BENCH hook delivery (state to self-tested node, from the hook's log): median $(median </run/lab/bench-delivery) ms over $(wc -l </run/lab/bench-delivery) containers"
-echo "BENCH podman run true: median $(median </run/lab/bench-plain) ms without the annotation, $(median </run/lab/bench-tpm) ms with it ($RUNS runs each)"
+for p in plan_ms node_ms cgroup_ms self_test_ms; do
+    printf '%s ' "${p%_ms} $(phase "$p" | median) ms"
+done | sed 's/^/BENCH hook delivery by phase (medians): /; s/ $//'
+echo
+echo "BENCH podman run true: median $(median </run/lab/bench-plain) ms without a TPM, $(median </run/lab/bench-tpm) ms with the annotation, $(median </run/lab/bench-manual) ms with --device --group-add ($RUNS interleaved runs each)"
+echo "BENCH podman annotated / manual: $(ratio /run/lab/bench-tpm /run/lab/bench-manual) (ratio of medians)"
+
+start_dockerd "{\"runtimes\":{\"tpm\":{\"path\":\"$LAB_BIN/oci-tpm-runtime\"}}}"
+load_image_docker
+for _ in $(seq "$RUNS"); do
+    timed /run/lab/bench-docker-plain docker run --rm --network none "$LAB_IMAGE" true
+    timed /run/lab/bench-docker-tpm docker run --rm --network none --runtime tpm --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" true
+    timed /run/lab/bench-docker-manual docker run --rm --network none --device /dev/tpmrm0 --group-add "$gid" "$LAB_IMAGE" true
+done
+echo "BENCH docker run true: median $(median </run/lab/bench-docker-plain) ms without a TPM, $(median </run/lab/bench-docker-tpm) ms with the wrapper and the annotation, $(median </run/lab/bench-docker-manual) ms with --device --group-add ($RUNS interleaved runs each)"
+echo "BENCH docker annotated / manual: $(ratio /run/lab/bench-docker-tpm /run/lab/bench-docker-manual) (ratio of medians)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # faults: every way a request can fail ends with a clear message and no
 # half-made state: a missing device (required and optional), a hung TPM and a
-# TPM that went away (bounded), a bad annotation value, the exclusive tpm0.
+# TPM that went away (bounded), a bad annotation value, the exclusive tpm0,
+# a runtime whose timeout for the hook is shorter than the self-test's, and
+# the policy file rewritten while containers start.
 # lab: cost 200 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
@@ -75,7 +77,90 @@ for rt in runc crun; do
     done
     assert_not_contains "$LAB_OUTPUT" "TPM-OPENED" "podman ($rt): the rule was not taken back"
 done
+
+# set_hook_timeout SECONDS: the "timeout" of the hooks.d entry, which podman
+# copies into the spec and the runtime enforces by killing the hook.
+set_hook_timeout() {
+    local f="$LAB_HOOKS_DIR/oci-tpm-hook.json"
+    jq --argjson t "$1" '.hook.timeout = $t' "$f" >"$f.new" && mv "$f.new" "$f"
+    note "hooks.d: $(jq -c .hook "$f")"
+}
+
+step "the runtime's timeout for the hook (10 s) is shorter than the policy's self-test (30 s): a hung TPM fails the start by the hook's own hand, in time to take the grant back"
+install_policy '[self-test]
+timeout-ms = 30000'
+set_hook_timeout 10
+for rt in runc crun; do
+    start=$(date +%s)
+    assert_fails timeout 120 podman run --rm --runtime "$rt" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+    took=$(( $(date +%s) - start ))
+    note "podman ($rt) failed after ${took} s"
+    # Either the self-test ran out of the time left, or the hook found too
+    # little left for one: both are the hook's own clear refusal.
+    if [[ "$LAB_OUTPUT" != *"self-test"* && "$LAB_OUTPUT" != *"raise that timeout"* ]]; then
+        fail "podman ($rt): no refusal from the hook in its output"
+    fi
+    assert_not_contains "$LAB_OUTPUT" "killed" "podman ($rt): the runtime did not have to kill the hook"
+done
+assert_ok timeout 120 podman run --rm --runtime runc --cap-add MKNOD \
+    --annotation "oci-tpm-hook/device=$name" --annotation oci-tpm-hook/required=false \
+    "$LAB_IMAGE" bash -c "$probe_rollback"
+for want in no-node made tpm-open-refused null-opened cgroup-clean; do
+    assert_contains "$LAB_OUTPUT" "$want" "required=false under the runtime's timeout"
+done
+
+step "the runtime's timeout for the hook (3 s) leaves no time for a self-test: refused at once, saying which timeout to raise"
+set_hook_timeout 3
+assert_refused "raise that timeout" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+assert_contains "$LAB_OUTPUT" "hooks.d"
+set_hook_timeout 30
+install_policy '[self-test]
+timeout-ms = 2000'
 kill -CONT "$swtpm_pid"
+
+step "the policy file rewritten while containers start: each container gets the TPM or a clear refusal, nothing in between"
+# Two policies, written in place (truncate, then write: a hook can read a
+# half-written file) as fast as the shell can, while 6 containers start.
+allow_all=$(cat "$HOOK_POLICY")
+deny_all="$allow_all
+[devices]
+allow = [\"tpmrm9*\"]"
+( while [[ ! -e /run/lab/policy-flip.stop ]]; do
+      printf '%s\n' "$deny_all" >"$HOOK_POLICY"
+      printf '%s\n' "$allow_all" >"$HOOK_POLICY"
+  done ) &
+flipper=$!
+on_exit "touch /run/lab/policy-flip.stop; kill $flipper 2>/dev/null || true"
+pids=()
+for i in 1 2 3 4 5 6; do
+    podman run --rm --name "flip-$i" --user 1000 --group-add "$gid" --annotation oci-tpm-hook/device=tpmrm0 \
+        "$LAB_IMAGE" tpm2_getrandom --hex 8 >"/run/lab/flip-$i.out" 2>&1 &
+    pids+=($!)
+done
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" && echo ok >"/run/lab/flip-$((i + 1)).rc" || echo failed >"/run/lab/flip-$((i + 1)).rc"
+done
+touch /run/lab/policy-flip.stop
+wait "$flipper" || true
+printf '%s\n' "$allow_all" >"$HOOK_POLICY"
+granted=0 refused=0
+for i in 1 2 3 4 5 6; do
+    out=$(cat "/run/lab/flip-$i.out")
+    note "flip-$i ($(cat "/run/lab/flip-$i.rc")): $(tail -n 2 <<<"$out" | tr '\n' ' ')"
+    if [[ $(cat "/run/lab/flip-$i.rc") == ok ]]; then
+        [[ "$(tail -n1 <<<"$out")" =~ ^[0-9a-f]{16}$ ]] || fail "flip-$i started but did not read the TPM"
+        granted=$((granted + 1))
+    else
+        # The deny policy's refusal, or a half-written file's: both name
+        # the policy file, and neither is a crash.
+        [[ "$out" == *"$HOOK_POLICY"* || "$out" == *"may not be given"* || "$out" == *"not allowed"* ]] \
+            || fail "flip-$i failed without a clear refusal: $out"
+        assert_not_contains "$out" "panicked" "flip-$i"
+        refused=$((refused + 1))
+    fi
+done
+note "$granted granted, $refused refused"
+assert_eq "" "$(podman ps -aq --filter name=flip-)" "flip containers left"
 
 step "a TPM that went away (its swtpm ended): a clear failure"
 kill -TERM "$swtpm_pid"

@@ -10,14 +10,13 @@
 #  2. CRI-O 1.33 + the hook from its default hooks directory, with the same
 #     policy in the node's /etc/oci-tpm-hook/config.toml.
 # Each time: a test pod and a Deployment get a working TPM (kubectl exec:
-# tpm2_getrandom as user 1000 with the tss GID as a supplemental group; on
-# containerd also a key created, loaded, used to sign, the signature
-# verified, and a pod that asks for nothing gets nothing); a pod in
-# tpm-other is refused and `kubectl describe pod` says why; pods in
-# tpm-other that claim tpm-demo in their own annotations are refused (see
-# namespace-spoof for which keys each engine lets a pod set). The node's
-# runtime is switched in between, the control plane stays (one cluster
-# boot per run). A pod whose refusal is seen is
+# tpm2_getrandom, and a key created, loaded, used to sign, the signature
+# verified, as user 1000 with the tss GID as a supplemental group); a pod
+# that asks for nothing gets nothing; a pod in tpm-other is refused and
+# `kubectl describe pod` says why; pods in tpm-other that claim tpm-demo in
+# their own annotations are refused (see namespace-spoof for which keys
+# each engine lets a pod set). The node's runtime is switched in between,
+# the control plane stays (one cluster boot per run). A pod whose refusal is seen is
 # deleted at once, and the namespaces of one part are deleted while the node
 # switches: a refused pod is retried by the kubelet as long as it exists,
 # and on an emulated node every retry and every wait adds minutes.
@@ -114,8 +113,7 @@ check_workloads() {
     # The pods that are to be refused come later, each in its own step: the
     # kubelet retries a refused container for as long as its pod exists, and
     # every retry costs the emulated node a container create.
-    apply "$EX/tpm-pod.yaml" "$EX/tpm-deployment.yaml"
-    [[ $runtime != containerd ]] || apply "$EX/no-tpm-pod.yaml"
+    apply "$EX/tpm-pod.yaml" "$EX/tpm-deployment.yaml" "$EX/no-tpm-pod.yaml"
 
     step "$runtime: the test pod runs and has the TPM"
     assert_ok kubectl -n tpm-demo wait --for=condition=Ready pod/tpm-test --timeout=600s
@@ -126,13 +124,8 @@ check_workloads() {
     run kubectl -n tpm-demo get pod tpm-test -o jsonpath='{.spec.volumes}{"\n"}{.spec.containers[0].securityContext}{"\n"}'
     assert_eq "" "$(kubectl -n tpm-demo get pod tpm-test -o jsonpath='{.spec.volumes[*].hostPath}')" "hostPath volumes of the test pod"
 
-    # Signing, and a pod that asks for nothing, prove no more on the second
-    # runtime than on the first (the crio scenario covers CRI-O's pod that
-    # asks for nothing); the node's time goes to what differs.
-    if [[ $runtime == containerd ]]; then
-        step "$runtime: kubectl exec: a key made, loaded and used to sign as user 1000; the signature verifies"
-        assert_sign_verify tpm-demo tpm-test
-    fi
+    step "$runtime: kubectl exec: a key made, loaded and used to sign as user 1000; the signature verifies"
+    assert_sign_verify tpm-demo tpm-test
 
     step "$runtime: the Deployment's app container has the TPM, its sidecar has none"
     assert_ok kubectl -n tpm-demo rollout status deployment/tpm-app --timeout=600s
@@ -140,13 +133,11 @@ check_workloads() {
     assert_ok kubectl -n tpm-demo exec deployment/tpm-app -c sidecar -- sh -c 'ls /dev/tpmrm0 2>&1 || true'
     assert_contains "$LAB_OUTPUT" "No such file" "/dev/tpmrm0 in the sidecar"
 
-    if [[ $runtime == containerd ]]; then
-        step "$runtime: the pod that asks for nothing has no /dev/tpmrm0"
-        assert_ok kubectl -n tpm-demo wait --for=condition=Ready pod/no-tpm --timeout=600s
-        assert_ok kubectl -n tpm-demo exec no-tpm -- sh -c 'ls /dev/tpmrm0 2>&1; env | grep -c TCTI || true'
-        assert_contains "$LAB_OUTPUT" "No such file"
-        assert_contains "$LAB_OUTPUT" $'\n0' "TCTI variables"
-    fi
+    step "$runtime: the pod that asks for nothing has no /dev/tpmrm0"
+    assert_ok kubectl -n tpm-demo wait --for=condition=Ready pod/no-tpm --timeout=600s
+    assert_ok kubectl -n tpm-demo exec no-tpm -- sh -c 'ls /dev/tpmrm0 2>&1; env | grep -c TCTI || true'
+    assert_contains "$LAB_OUTPUT" "No such file"
+    assert_contains "$LAB_OUTPUT" $'\n0' "TCTI variables"
 
     step "$runtime: the pod in tpm-other is refused, and kubectl describe says why"
     apply "$EX/denied-pod.yaml"
