@@ -22,7 +22,7 @@
 # and on an emulated node every retry and every wait adds minutes.
 # lab: needs cluster
 # lab: timeout 5400
-# lab: cost 3500 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 2700 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 
