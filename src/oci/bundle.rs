@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::spec_edit::{apply, kind, Changes};
 use crate::core::grant::Grant;
 use crate::core::hook_entry::HookEntry;
+use crate::core::request::mentions_us;
 use crate::files::{json_like, IsSymlink, PlainFile};
 
 /// A bundle's spec and the directory it belongs to.
@@ -115,8 +116,23 @@ impl BundleFile {
         Self::parse(Self::open(path)?)
     }
 
+    /// The spec, read whole only when it may ask for a TPM: `None` when its
+    /// annotations alone show that it asks for nothing (most containers;
+    /// see [`Self::annotations_only`]). Errors are those of [`Self::read`] (open, then parse).
+    pub fn read_if_asked(path: &Path) -> anyhow::Result<Option<Self>> {
+        let file = Self::open(path)?;
+        let asks_nothing = file
+            .contents()
+            .and_then(|bytes| Self::annotations_only(bytes).ok())
+            .is_some_and(|a| !mentions_us(&a));
+        if asks_nothing {
+            return Ok(None);
+        }
+        Self::parse(file).map(Some)
+    }
+
     /// The file's bytes, read safely, not yet parsed.
-    pub fn open(path: &Path) -> anyhow::Result<PlainFile> {
+    fn open(path: &Path) -> anyhow::Result<PlainFile> {
         PlainFile::read(path).map_err(|e| match e.downcast_ref::<IsSymlink>() {
             Some(_) => anyhow!(
                 "{} is a symlink; refusing to edit through it (the bundle must hold the spec itself)",
@@ -127,7 +143,7 @@ impl BundleFile {
     }
 
     /// The document in a file [`Self::open`] read.
-    pub fn parse(file: PlainFile) -> anyhow::Result<Self> {
+    fn parse(file: PlainFile) -> anyhow::Result<Self> {
         let path = file.path().to_path_buf();
         let shown = path.display();
         let original = file

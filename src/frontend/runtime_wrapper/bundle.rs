@@ -44,27 +44,12 @@ pub fn prepare_bundle(
     };
     let config = inv.config_path();
     let where_ = || format!("container {id}, bundle {}", bundle_display(inv));
-    // Unsure where the bundle is (flags we do not know): a bundle we cannot
-    // read is left for the runtime to judge.
-    let unreadable = |e: anyhow::Error| match inv.unknown_flags.is_empty() {
-        true => Err(e.context(where_())),
-        false => Ok(BundleOutcome::Untouched),
-    };
-    let plain = match BundleFile::open(&config) {
-        Ok(f) => f,
-        Err(e) => return unreadable(e),
-    };
-    // Most containers ask for nothing: the annotations alone say so.
-    let asks_nothing = plain
-        .contents()
-        .and_then(|bytes| BundleFile::annotations_only(bytes).ok())
-        .is_some_and(|a| !mentions_us(&a));
-    if asks_nothing {
-        return Ok(BundleOutcome::Untouched);
-    }
-    let mut file = match BundleFile::parse(plain) {
-        Ok(f) => f,
-        Err(e) => return unreadable(e),
+    let mut file = match BundleFile::read_if_asked(&config) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(BundleOutcome::Untouched),
+        // Unsure where the bundle is: leave judging it to the runtime.
+        Err(_) if !inv.unknown_flags.is_empty() => return Ok(BundleOutcome::Untouched),
+        Err(e) => return Err(e.context(where_())),
     };
     let subject = Subject {
         id: id.clone(),

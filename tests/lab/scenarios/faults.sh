@@ -153,7 +153,7 @@ for i in 1 2 3 4 5 6; do
     else
         # The deny policy's refusal, or a half-written file's: both name
         # the policy file, and neither is a crash.
-        [[ "$out" == *"$HOOK_POLICY"* || "$out" == *"may not be given"* || "$out" == *"not allowed"* ]] \
+        [[ "$out" == *"$HOOK_POLICY"* || "$out" == *"not allowed by policy"* ]] \
             || fail "flip-$i failed without a clear refusal: $out"
         assert_not_contains "$out" "panicked" "flip-$i"
         refused=$((refused + 1))
