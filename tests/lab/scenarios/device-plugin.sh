@@ -12,6 +12,9 @@
 #    and no supplementalGroups runs as uid 1000 with /dev/tpmrm0, the tss
 #    GID (from the CDI spec), a self-test from the NRI plugin, and signs and
 #    verifies with a TPM key; pod-resources lists its share;
+#  - the kubelet restarts: the plugin registers again, the node offers the
+#    shares again, tpm-a keeps its share, and the next pod's share is
+#    allocated by the plugin after the restart;
 #  - with one share held by a pod, a Deployment of 2 replicas gets one pod
 #    Running and one Pending with the scheduler's "Insufficient
 #    oci-tpm-hook.dev/tpm"; a static pod (no scheduler) asking for a share
@@ -21,8 +24,6 @@
 #    turns Unhealthy within the interval + the self-test timeout and the
 #    node's allocatable drops while capacity stays; resumed, healthy again;
 #    its swtpm ended (the device gone), Unhealthy again;
-#  - a kubelet restart: the plugin registers again and the node offers the
-#    shares again.
 # lab: needs cluster
 # lab: timeout 2400
 # lab: cost 1100 (seconds, usual with two guests side by side: 728 s alone, times 1.5)
@@ -51,13 +52,15 @@ shares_are() {
 }
 
 pod_spec() { # INDENT: a pod spec that asks for one share, nothing else
+    # (Its process ends on SIGTERM, so that a deletion takes no grace period.)
     sed "s/^/$1/" <<YAML
 securityContext: { runAsUser: 1000, runAsGroup: 1000 }
+terminationGracePeriodSeconds: 5
 containers:
   - name: app
     image: $LAB_IMAGE
     imagePullPolicy: Never
-    command: ["sleep", "infinity"]
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"]
     resources: { limits: { $RESOURCE: 1 } }
 YAML
 }
@@ -99,10 +102,11 @@ load_nri_plugin_image
 step "the NRI plugin (default policy), then the device plugin, both DaemonSets of packaging/kubernetes"
 assert_ok kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm=true --overwrite
 assert_ok kubectl apply -k "$LAB_REPO/packaging/kubernetes"
-assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-nri --timeout=600s
-# Two shares, so that the scenario can use them all.
+# Two shares, so that the scenario can use them all. Both DaemonSets roll
+# out together.
 sed 's|            - --host-root=/host|            - --host-root=/host\n            - --shares=2|' \
     "$LAB_REPO/packaging/kubernetes/oci-tpm-hook-device-plugin.yaml" | kubectl apply -f -
+assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-nri --timeout=600s
 assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-device-plugin --timeout=600s
 
 step "the plugin registers; the node's capacity and allocatable say 2"
@@ -151,9 +155,24 @@ assert_contains "$(plugin_log)" "allocated tpmrm0-" "the device plugin's log"
 assert_ok "${PODRESOURCES[@]}" list
 assert_contains "$LAB_OUTPUT" "$NS/tpm-a/app $RESOURCE tpmrm0-"
 
+step "the kubelet restarts while tpm-a holds a share: the plugin registers again"
+registrations=$(plugin_log | grep -c "registered $RESOURCE with the kubelet" || true)
+cluster_restart_kubelet
+wait_for 180 "a new registration" bash -c "[[ \$(kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep -c 'registered $RESOURCE with the kubelet') -gt $registrations ]]"
+shares_are 2
+assert_ok "${PODRESOURCES[@]}" allocatable
+assert_contains "$LAB_OUTPUT" "$RESOURCE tpmrm0-1"
+assert_contains "$LAB_OUTPUT" "$RESOURCE tpmrm0-2"
+# The kubelet kept tpm-a's share across the restart (its checkpoint).
+assert_ok "${PODRESOURCES[@]}" list
+assert_contains "$LAB_OUTPUT" "$NS/tpm-a/app $RESOURCE tpmrm0-"
+allocations_before_restart=$(plugin_log | grep -c "allocated tpmrm0-" || true)
+
 step "a Deployment of 2 while tpm-a holds one of 2 shares: one replica Running, one Pending with Insufficient $RESOURCE"
 tpm_deployment tpm-many 2 | kubectl apply -f -
 wait_for 300 "one tpm-many replica Running" replicas_are Running tpm-many 1
+[[ $(plugin_log | grep -c "allocated tpmrm0-" || true) -gt $allocations_before_restart ]] \
+    || fail "the running tpm-many replica got no share from the plugin after the kubelet's restart"
 wait_for 120 "the scheduler's FailedScheduling event for a tpm-many replica" bash -c \
     "kubectl -n $NS get events --field-selector reason=FailedScheduling -o jsonpath='{.items[*].message}' | grep -q 'Insufficient $RESOURCE'"
 run kubectl -n "$NS" get events --field-selector reason=FailedScheduling -o jsonpath='{.items[-1:].message}{"\n"}'
@@ -217,17 +236,6 @@ step "its swtpm ended (the device goes away): Unhealthy again, allocatable drops
 kill -TERM "$swtpm_pid"
 shares_are 2
 run bash -c "kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep '$name' | tail -n 5"
-
-step "the kubelet restarts: the plugin registers again"
-registrations=$(plugin_log | grep -c "registered $RESOURCE with the kubelet" || true)
-cluster_restart_kubelet
-wait_for 180 "a new registration" bash -c "[[ \$(kubectl -n kube-system logs daemonset/oci-tpm-hook-device-plugin | grep -c 'registered $RESOURCE with the kubelet') -gt $registrations ]]"
-shares_are 2
-assert_ok "${PODRESOURCES[@]}" allocatable
-assert_contains "$LAB_OUTPUT" "$RESOURCE tpmrm0-1"
-tpm_pod tpm-d | kubectl apply -f -
-assert_ok kubectl -n "$NS" wait --for=condition=Ready pod/tpm-d --timeout=300s
-assert_ok kubectl -n "$NS" exec tpm-d -- tpm2_getrandom --hex 8
 
 step "the plugin's log"
 plugin_log | tail -n 40
