@@ -200,7 +200,7 @@ choose_memory() {
     local name want gib=3
     [[ -z "$LAB_MEMORY_SET" ]] || return 0
     for name in "${SCENARIOS[@]}"; do
-        if scenario_fixtures "$name" | grep -qx cluster; then
+        if scenario_fixtures "$name" | grep -q "^cluster"; then
             [[ $gib -ge 4 ]] || gib=4
         fi
         want=$(sed -n 's/^# lab: memory \([0-9][0-9]*\)G.*/\1/p' "$SCENARIO_DIR/$name.sh" | head -n1)

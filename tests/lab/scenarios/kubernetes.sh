@@ -1,267 +1,54 @@
 #!/usr/bin/env bash
 # kubernetes: pods that ask for the TPM by annotation in a real single-node
 # cluster (the "cluster" fixture: etcd, kube-apiserver, controller manager,
-# scheduler, kubelet), applied with kubectl from examples/kubernetes/ as a
-# user would, once per node runtime:
-#  1. containerd 1.7 + the NRI plugin, running as the DaemonSet of
-#     packaging/kubernetes (its image built here from the release binary and
-#     imported into containerd; nothing pulled), with the policy of
-#     examples/kubernetes/nri (only namespace tpm-demo may ask);
-#  2. CRI-O 1.33 + the hook from its default hooks directory, with the same
-#     policy in the node's /etc/oci-tpm-hook/config.toml.
-# Each time: a test pod and a Deployment get a working TPM (kubectl exec:
-# tpm2_getrandom, and a key created, loaded, used to sign, the signature
-# verified, as user 1000 with the tss GID as a supplemental group); a pod
-# that asks for nothing gets nothing; a pod in tpm-other is refused and
-# `kubectl describe pod` says why; pods in tpm-other that claim tpm-demo in
-# their own annotations are refused (see namespace-spoof for which keys
-# each engine lets a pod set). The node's runtime is switched in between,
-# the control plane stays (one cluster boot per run). A pod whose refusal is seen is
-# deleted at once, and the namespaces of one part are deleted while the node
-# switches: a refused pod is retried by the kubelet as long as it exists,
-# and on an emulated node every retry and every wait adds minutes.
+# scheduler, kubelet) on containerd 1.7 + the NRI plugin, running as the
+# DaemonSet of packaging/kubernetes (its image built here from the release
+# binary and imported into containerd; nothing pulled), with the policy of
+# examples/kubernetes/nri (only namespace tpm-demo may ask). The same pods
+# over CRI-O: kubernetes-crio.
+# Applied with kubectl from examples/kubernetes/ as a user would: a test pod
+# and a Deployment get a working TPM (kubectl exec: tpm2_getrandom, and a key
+# created, loaded, used to sign, the signature verified, as user 1000 with
+# the tss GID as a supplemental group); a pod that asks for nothing gets
+# nothing; a pod in tpm-other is refused and `kubectl describe pod` says why;
+# pods in tpm-other that claim tpm-demo in their own annotations are refused
+# (see namespace-spoof for which keys each engine lets a pod set). A pod
+# whose refusal is seen is deleted at once: a refused pod is retried by the
+# kubelet as long as it exists, and on an emulated node every retry adds
+# minutes.
 # lab: needs cluster
-# lab: timeout 5400
-# lab: cost 2700 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: timeout 3000
+# lab: cost 1300 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
+source "$LAB_REPO/tests/lab/guest/k8s-workloads.sh"
 
 require_binaries oci-tpm-hook
-EX="$LAB_REPO/examples/kubernetes"
-SPOOF="$LAB_REPO/tests/lab/k8s/spoof-pods.yaml"
-gid=$(tss_gid)
 note "guest tss gid $gid"
 
-# apply FILE...: kubectl apply, with the node's tss GID in supplementalGroups
-# (the examples say 102, Debian 13's; the guest may differ).
-apply() {
-    local f
-    for f in "$@"; do
-        sed "s/supplementalGroups: \[102\]/supplementalGroups: [$gid]/" "$f"
-        echo "---"
-    done | kubectl apply -f -
-}
+step "the cluster's node on containerd (NRI on)"
+cluster_node containerd
+clean_slate
+run kubectl get nodes -o wide
+assert_contains "$(kubectl get node "$LAB_NODE_NAME" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')" "containerd://"
 
-# pod_outcome NS POD SECONDS: "running" once its first container runs,
-# "refused: MESSAGES" once a warning event names oci-tpm-hook, "timeout".
-pod_outcome() {
-    local ns="$1" pod="$2" deadline started msg
-    deadline=$(( $(date +%s) + $3 ))
-    while :; do
-        started=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}' 2>/dev/null || true)
-        [[ -n "$started" ]] && { echo running; return 0; }
-        msg=$(kubectl -n "$ns" get events --field-selector "involvedObject.name=$pod,type=Warning" \
-            -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null | grep oci-tpm-hook || true)
-        [[ -n "$msg" ]] && { echo "refused: $msg"; return 0; }
-        [[ $(date +%s) -ge $deadline ]] && { echo timeout; return 0; }
-        sleep 2
-    done
-}
+step "the NRI plugin's image, built from packaging/kubernetes/Containerfile"
+load_nri_plugin_image
 
-# container_spec NS POD: the OCI spec (config.json) the runtime wrote for the
-# pod's first container, read on the node.
-container_spec() {
-    local id
-    id=$(kubectl -n "$1" get pod "$2" -o jsonpath='{.status.containerStatuses[0].containerID}')
-    case "$id" in
-        containerd://*) containerd_bundle_config "${id#containerd://}" ;;
-        cri-o://*) crio_userdata_config "${id#cri-o://}" ;;
-        *) echo "unknown container id '$id'" >&2; return 1 ;;
-    esac
-}
+step "the NRI plugin as the DaemonSet of packaging/kubernetes, with examples/kubernetes/nri's policy"
+assert_ok kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm=true --overwrite
+assert_ok kubectl apply -k "$EX/nri"
+assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-nri --timeout=600s
+wait_for 300 "the plugin to be synchronized by containerd" \
+    bash -c "kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin | grep -q 'NRI: synchronized'"
+run kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin
+assert_eq "$NRI_PLUGIN_IMAGE" "$(kubectl -n kube-system get daemonset oci-tpm-hook-nri -o jsonpath='{.spec.template.spec.containers[0].image}')" "the DaemonSet's image"
+assert_contains "$(cat /opt/oci-tpm-hook/config.toml)" 'namespaces = ["tpm-demo"]' "the policy the init container installed"
+test -x /opt/oci-tpm-hook/bin/oci-tpm-hook || fail "the init container did not install the hook"
 
-assert_tpm_in() {
-    local ns="$1" target="$2" container="${3:-}" out random
-    assert_ok kubectl -n "$ns" exec "$target" ${container:+-c "$container"} -- \
-        sh -c 'echo "uid=$(id -u) groups=$(id -G)"; stat -c "device: %F %a %g" /dev/tpmrm0; echo "random: $(tpm2_getrandom --hex 8)"'
-    out="$LAB_OUTPUT"
-    assert_contains "$out" "uid=1000"
-    assert_contains "$out" "device: character special file 660 $gid"
-    random=$(sed -n 's/^random: //p' <<<"$out")
-    [[ "$random" =~ ^[0-9a-f]{16}$ ]] || fail "tpm2_getrandom --hex 8 in $target gave '$random'"
-}
+check_workloads containerd
+assert_contains "$(kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin)" "granted TPM tpmrm0" "the plugin's log"
 
-assert_sign_verify() {
-    local ns="$1" target="$2"
-    assert_ok kubectl -n "$ns" exec "$target" -- sh -c '
-        set -e; cd "$(mktemp -d)"
-        tpm2_createprimary -Q -C o -G ecc -c primary.ctx
-        tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv
-        tpm2_load -Q -C primary.ctx -u key.pub -r key.priv -c key.ctx
-        echo "signed in a pod" >message
-        tpm2_sign -Q -c key.ctx -g sha256 -o message.sig message
-        tpm2_verifysignature -Q -c key.ctx -g sha256 -m message -s message.sig && echo SIGNATURE-VERIFIED
-        echo "changed" >other
-        if tpm2_verifysignature -Q -c key.ctx -g sha256 -m other -s message.sig 2>/dev/null; then
-            echo CHANGED-MESSAGE-VERIFIED
-        else
-            echo CHANGED-MESSAGE-REJECTED
-        fi'
-    assert_contains "$LAB_OUTPUT" SIGNATURE-VERIFIED
-    assert_contains "$LAB_OUTPUT" CHANGED-MESSAGE-REJECTED
-}
-
-# The checks both runtimes share. $1: containerd or crio.
-check_workloads() {
-    local runtime="$1" outcome
-
-    step "$runtime: namespaces, then the test pod, the Deployment, a pod that asks for nothing"
-    await_namespaces_gone
-    apply "$EX/namespaces.yaml"
-    wait_for 120 "service account default in tpm-demo and tpm-other" \
-        bash -c 'kubectl -n tpm-demo get sa default && kubectl -n tpm-other get sa default'
-    # The pods that are to be refused come later, each in its own step: the
-    # kubelet retries a refused container for as long as its pod exists, and
-    # every retry costs the emulated node a container create.
-    apply "$EX/tpm-pod.yaml" "$EX/tpm-deployment.yaml" "$EX/no-tpm-pod.yaml"
-
-    step "$runtime: the test pod runs and has the TPM"
-    assert_ok kubectl -n tpm-demo wait --for=condition=Ready pod/tpm-test --timeout=600s
-    assert_tpm_in tpm-demo tpm-test
-    assert_ok kubectl -n tpm-demo logs tpm-test
-    assert_contains "$LAB_OUTPUT" "/dev/tpmrm0" "kubectl logs"
-    assert_contains "$LAB_OUTPUT" " $gid " "kubectl logs (the node's group)"
-    run kubectl -n tpm-demo get pod tpm-test -o jsonpath='{.spec.volumes}{"\n"}{.spec.containers[0].securityContext}{"\n"}'
-    assert_eq "" "$(kubectl -n tpm-demo get pod tpm-test -o jsonpath='{.spec.volumes[*].hostPath}')" "hostPath volumes of the test pod"
-
-    step "$runtime: kubectl exec: a key made, loaded and used to sign as user 1000; the signature verifies"
-    assert_sign_verify tpm-demo tpm-test
-
-    step "$runtime: the Deployment's app container has the TPM, its sidecar has none"
-    assert_ok kubectl -n tpm-demo rollout status deployment/tpm-app --timeout=600s
-    assert_tpm_in tpm-demo deployment/tpm-app app
-    assert_ok kubectl -n tpm-demo exec deployment/tpm-app -c sidecar -- sh -c 'ls /dev/tpmrm0 2>&1 || true'
-    assert_contains "$LAB_OUTPUT" "No such file" "/dev/tpmrm0 in the sidecar"
-
-    step "$runtime: the pod that asks for nothing has no /dev/tpmrm0"
-    assert_ok kubectl -n tpm-demo wait --for=condition=Ready pod/no-tpm --timeout=600s
-    assert_ok kubectl -n tpm-demo exec no-tpm -- sh -c 'ls /dev/tpmrm0 2>&1; env | grep -c TCTI || true'
-    assert_contains "$LAB_OUTPUT" "No such file"
-    assert_contains "$LAB_OUTPUT" $'\n0' "TCTI variables"
-
-    step "$runtime: the pod in tpm-other is refused, and kubectl describe says why"
-    apply "$EX/denied-pod.yaml"
-    outcome=$(pod_outcome tpm-other tpm-test 600)
-    printf '%s\n' "$outcome"
-    assert_contains "$outcome" "refused:" "the denied pod's outcome"
-    # The message names the namespace and the key it came from; in events
-    # its quotes may be escaped.
-    assert_contains "$outcome" 'Kubernetes namespace' "its events"
-    assert_contains "$outcome" 'tpm-other' "its events"
-    assert_contains "$outcome" 'may not ask for a TPM (policy [kubernetes] namespaces' "its events"
-    assert_ok kubectl -n tpm-other describe pod tpm-test
-    assert_contains "$LAB_OUTPUT" "may not ask for a TPM" "kubectl describe pod"
-    drop_pod tpm-other tpm-test
-
-    step "$runtime: pods in tpm-other that claim tpm-demo in their own annotations"
-    apply "$SPOOF"
-    local pod
-    for pod in spoof-cri-key spoof-empty-cri-key spoof-pod-key; do
-        outcome=$(pod_outcome tpm-other "$pod" 600)
-        printf '%s: %s\n' "$pod" "$outcome"
-        if [[ "$outcome" == refused:*"may not ask for a TPM"* ]]; then
-            echo "ok: $runtime: $pod is refused"
-            drop_pod tpm-other "$pod"
-        else
-            fail "$runtime: $pod was not refused ($outcome)"
-        fi
-    done
-    wait_for 600 "spoof-probe to run" kubectl -n tpm-other wait --for=condition=Ready pod/spoof-probe --timeout=5s
-    note "spec annotations of spoof-probe on the node ($runtime): $(container_spec tpm-other spoof-probe \
-        | jq -c '.annotations | with_entries(select(.key | test("namespace|Namespace")))')"
-
-    step "$runtime: clean up (the namespaces go while the scenario goes on)"
-    assert_ok kubectl delete namespace tpm-demo tpm-other --wait=false
-}
-
-# drop_pod NS POD: a pod whose outcome is known goes now, without its grace
-# period, so that the kubelet stops retrying it.
-drop_pod() {
-    kubectl -n "$1" delete pod "$2" --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
-}
-
-# await_namespaces_gone: an earlier part's namespaces, deleted without
-# waiting, are gone (a namespace being deleted takes no new pods).
-await_namespaces_gone() {
-    wait_for 600 "namespaces tpm-demo and tpm-other to be gone" \
-        bash -c '! kubectl get namespace tpm-demo tpm-other -o name 2>/dev/null | grep -q .'
-}
-
-# Each runtime's part runs in a subshell: a failure in the first does not
-# keep the second from running. The scenario fails if either does.
-# gaps_then_exit: end a part, failing it when it met known gaps (a
-# subshell's known gaps are its own).
-gaps_then_exit() {
-    if [[ ${#LAB_KNOWN_GAPS[@]} -gt 0 ]]; then
-        printf '\nFAIL: %d known gap(s) seen in this part:\n' "${#LAB_KNOWN_GAPS[@]}"
-        printf '  - %s\n' "${LAB_KNOWN_GAPS[@]}"
-        exit 1
-    fi
-    exit 0
-}
-
-# Whatever an earlier part left behind.
-clean_slate() {
-    kubectl delete -k "$EX/nri" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
-    kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm- >/dev/null 2>&1 || true
-    kubectl delete namespace tpm-demo tpm-other --ignore-not-found --wait=false || true
-}
-
-# ------------------------------------------------------------------ containerd + NRI DaemonSet
-
-containerd_part() {
-    step "the cluster's node on containerd (NRI on)"
-    cluster_node containerd
-    clean_slate
-    run kubectl get nodes -o wide
-    assert_contains "$(kubectl get node "$LAB_NODE_NAME" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')" "containerd://"
-
-    step "the NRI plugin's image, built from packaging/kubernetes/Containerfile"
-    load_nri_plugin_image
-
-    step "the NRI plugin as the DaemonSet of packaging/kubernetes, with examples/kubernetes/nri's policy"
-    assert_ok kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm=true --overwrite
-    assert_ok kubectl apply -k "$EX/nri"
-    assert_ok kubectl -n kube-system rollout status daemonset/oci-tpm-hook-nri --timeout=600s
-    wait_for 300 "the plugin to be synchronized by containerd" \
-        bash -c "kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin | grep -q 'NRI: synchronized'"
-    run kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin
-    assert_eq "$NRI_PLUGIN_IMAGE" "$(kubectl -n kube-system get daemonset oci-tpm-hook-nri -o jsonpath='{.spec.template.spec.containers[0].image}')" "the DaemonSet's image"
-    assert_contains "$(cat /opt/oci-tpm-hook/config.toml)" 'namespaces = ["tpm-demo"]' "the policy the init container installed"
-    test -x /opt/oci-tpm-hook/bin/oci-tpm-hook || fail "the init container did not install the hook"
-
-    check_workloads containerd
-    assert_contains "$(kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin)" "granted TPM tpmrm0" "the plugin's log"
-
-    step "containerd: remove the DaemonSet"
-    assert_ok kubectl delete -k "$EX/nri" --timeout=300s
-    assert_ok kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm-
-    gaps_then_exit
-}
-
-# ------------------------------------------------------------------ CRI-O + hooks.d
-
-crio_part() {
-    step "the node on CRI-O, the hook in its default hooks directory, the policy in /etc/oci-tpm-hook"
-    mkdir -p /etc/oci-tpm-hook
-    cp "$EX/node-policy.toml" /etc/oci-tpm-hook/config.toml
-    clean_slate
-    cluster_node crio
-    run kubectl get nodes -o wide
-    assert_contains "$(kubectl get node "$LAB_NODE_NAME" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')" "cri-o://"
-    test -f "$DEFAULT_HOOKS_DIR/oci-tpm-hook.json" || fail "no hooks file in $DEFAULT_HOOKS_DIR"
-
-    check_workloads crio
-    gaps_then_exit
-}
-
-on_exit "rm -f /etc/oci-tpm-hook/config.toml"
-# Not "(part) || ...": errexit would be off inside the part.
-parts_failed=()
-set +e
-(set -e; containerd_part)
-[[ $? -eq 0 ]] || parts_failed+=(containerd)
-(set -e; crio_part)
-[[ $? -eq 0 ]] || parts_failed+=(crio)
-set -e
-[[ ${#parts_failed[@]} -eq 0 ]] || fail "failed part(s): ${parts_failed[*]}"
+step "containerd: remove the DaemonSet"
+assert_ok kubectl delete -k "$EX/nri" --timeout=300s
+assert_ok kubectl label node "$LAB_NODE_NAME" feature.node.kubernetes.io/tpm-
