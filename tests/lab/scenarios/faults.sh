@@ -4,7 +4,7 @@
 # TPM that went away (bounded), a bad annotation value, the exclusive tpm0,
 # a runtime whose timeout for the hook is shorter than the self-test's, and
 # the policy file rewritten while containers start.
-# lab: cost 600 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 250 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
