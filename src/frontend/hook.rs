@@ -76,8 +76,19 @@ pub struct Delivery {
 /// Milliseconds spent in each step of a delivery, from the hook's start.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Phases {
-    /// Policy, host validation, config.json, the access check.
+    /// From the runtime's fork of the hook to the hook's first instruction
+    /// (exec, loading): outside the hook's own clock, read from the
+    /// kernel's record of the process's start (10 ms steps).
+    pub startup_ms: Option<u64>,
+    /// Everything before the first change: `decide_ms` + `spec_ms` +
+    /// `attach_ms`.
     pub plan_ms: u64,
+    /// The OCI state, the policy, the log, the request and the host's TPM.
+    pub decide_ms: u64,
+    /// Privileges, config.json, the process's identity and access.
+    pub spec_ms: u64,
+    /// The container's cgroup found, its process pinned.
+    pub attach_ms: u64,
     pub node_ms: u64,
     pub cgroup_ms: u64,
     pub self_test_ms: u64,
@@ -319,6 +330,32 @@ fn self_test_budget(
     Ok(policy.min(left))
 }
 
+/// How long this process had existed when `at` was taken: the kernel's
+/// start time of the process (clock ticks since boot) against the boot
+/// clock. `None` where either cannot be read.
+fn process_age_at(at: Instant) -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let now = Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?);
+    let age_now = now.checked_sub(start_since_boot(&stat, ticks_per_second as u64)?)?;
+    age_now.checked_sub(at.elapsed())
+}
+
+/// The start time (field 22) of a `/proc/PID/stat` line, as time since
+/// boot. The fields are counted after the command's closing parenthesis:
+/// the command itself may hold spaces and parentheses.
+fn start_since_boot(stat: &str, ticks_per_second: u64) -> Option<Duration> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // After ")" come field 3 (state) onwards: field 22 is the 20th.
+    let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+    if ticks_per_second == 0 {
+        return None;
+    }
+    Some(Duration::from_millis(
+        ticks.saturating_mul(1000) / ticks_per_second,
+    ))
+}
+
 fn host_node_ownership(path: &Path) -> anyhow::Result<NodeOwnership> {
     use std::os::unix::fs::MetadataExt;
     let meta =
@@ -337,13 +374,21 @@ fn deliver(
     started: Instant,
 ) -> anyhow::Result<Delivery> {
     let ms = |since: Instant| since.elapsed().as_millis() as u64;
-    let mut phases = Phases::default();
+    let mut phases = Phases {
+        startup_ms: process_age_at(started).map(|age| age.as_millis() as u64),
+        decide_ms: ms(started),
+        ..Phases::default()
+    };
+    let t = Instant::now();
     check_privileges()?;
     let bundle = BundleFile::load(&state.bundle)?;
     let plan = plan(state, subject, grant, &bundle.spec, started)?;
+    phases.spec_ms = ms(t);
+    let t = Instant::now();
     let cgroup = devcgroup::locate(state.pid)
         .with_context(|| format!("cannot find the cgroup of container process {}", state.pid))?;
     let process = ContainerProcess::open(state.pid)?;
+    phases.attach_ms = ms(t);
     phases.plan_ms = ms(started);
 
     // The node first: it refuses whatever the image planted at its path
@@ -488,7 +533,11 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
         manufacturer,
         firmware,
         duration_ms = d.duration.as_millis() as u64,
+        startup_ms = d.phases.startup_ms,
         plan_ms = d.phases.plan_ms,
+        decide_ms = d.phases.decide_ms,
+        spec_ms = d.phases.spec_ms,
+        attach_ms = d.phases.attach_ms,
         node_ms = d.phases.node_ms,
         cgroup_ms = d.phases.cgroup_ms,
         self_test_ms = d.phases.self_test_ms,
@@ -499,6 +548,25 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_time_is_read_past_a_command_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    123456 1000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0";
+        assert_eq!(
+            start_since_boot(stat, 100),
+            Some(Duration::from_millis(1_234_560))
+        );
+        assert_eq!(start_since_boot(stat, 0), None);
+        assert_eq!(start_since_boot("4242 (truncated", 100), None);
+        assert_eq!(start_since_boot("4242 (x) S 1 2", 100), None);
+    }
+
+    #[test]
+    fn this_process_has_an_age() {
+        let age = process_age_at(Instant::now()).expect("a process age on Linux");
+        assert!(age < Duration::from_secs(24 * 3600), "{age:?}");
+    }
 
     #[test]
     fn the_self_test_fits_the_runtimes_timeout() {

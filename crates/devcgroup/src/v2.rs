@@ -125,20 +125,34 @@ pub(crate) fn revoke<H: ProgramHost>(host: &H, swapped: &Swapped<H::Prog>) -> Re
     Ok(())
 }
 
+/// What to do when bpf(2) refuses the hook itself.
+const BPF_REFUSED_HINT: &str =
+    "; bpf(2) was refused: the hook needs CAP_SYS_ADMIN (or CAP_BPF) in \
+     the host's user namespace, which nested setups (a runtime inside a container or an LXC \
+     guest) do not have, and no security module (SELinux, AppArmor, lockdown) may forbid it — \
+     run the hook on the host, or give the container the device through its spec (--device / \
+     linux.resources.devices)";
+
+fn is_refusal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
 fn query_error(e: io::Error, path: &Path) -> anyhow::Error {
-    let hint = match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            "; bpf(2) was refused: the hook needs CAP_SYS_ADMIN (or CAP_BPF) in the host's \
-             user namespace, which nested setups (a runtime inside a container or an LXC \
-             guest) do not have — run the hook on the host, or give the container the device \
-             through its spec (--device / linux.resources.devices)"
-        }
-        Some(libc::EINVAL) => {
-            "; the kernel does not support querying cgroup BPF programs (needs Linux ≥ 4.15)"
-        }
-        _ => "",
+    let hint = if is_refusal(&e) {
+        BPF_REFUSED_HINT
+    } else if e.raw_os_error() == Some(libc::EINVAL) {
+        "; the kernel does not support querying cgroup BPF programs (needs Linux ≥ 4.15)"
+    } else {
+        ""
     };
     anyhow!("BPF_PROG_QUERY on {} failed: {e}{hint}", path.display())
+}
+
+/// An attach that failed, with the hint when bpf(2) refused it (the query
+/// passed, so something finer than the capability said no).
+fn attach_error(e: io::Error, what: &str) -> anyhow::Error {
+    let hint = if is_refusal(&e) { BPF_REFUSED_HINT } else { "" };
+    anyhow!("{what} failed: {e}{hint}")
 }
 
 /// Programs attached to ancestors also decide, but they are shared with
@@ -178,7 +192,7 @@ fn swap<H: ProgramHost>(host: &H, flags: u32, old: &H::Prog, new: &H::Prog) -> R
         // the same flags replaces the one program atomically.
         return host
             .attach(new, flags, None)
-            .context("BPF_PROG_ATTACH (single-program mode)");
+            .map_err(|e| attach_error(e, "BPF_PROG_ATTACH (single-program mode)"));
     }
     match host.attach(new, F_ALLOW_MULTI | F_REPLACE, Some(old)) {
         Ok(()) => Ok(()),
@@ -188,7 +202,7 @@ fn swap<H: ProgramHost>(host: &H, flags: u32, old: &H::Prog, new: &H::Prog) -> R
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::debug!("BPF_F_REPLACE not supported; attaching then detaching");
             host.attach(new, F_ALLOW_MULTI, None)
-                .context("BPF_PROG_ATTACH (ALLOW_MULTI)")?;
+                .map_err(|e| attach_error(e, "BPF_PROG_ATTACH (ALLOW_MULTI)"))?;
             if let Err(e) = host.detach(old) {
                 // Leave things as they were rather than with two programs.
                 let _ = host.detach(new);
@@ -196,7 +210,7 @@ fn swap<H: ProgramHost>(host: &H, flags: u32, old: &H::Prog, new: &H::Prog) -> R
             }
             Ok(())
         }
-        Err(e) => Err(anyhow!(e).context("BPF_PROG_ATTACH (ALLOW_MULTI|REPLACE)")),
+        Err(e) => Err(attach_error(e, "BPF_PROG_ATTACH (ALLOW_MULTI|REPLACE)")),
     }
 }
 

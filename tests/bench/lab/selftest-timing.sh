@@ -8,9 +8,11 @@
 #     against what users write by hand instead (`--device /dev/tpmrm0
 #     --group-add <tss gid>`): interleaved, ratio of the medians;
 #   - the same for docker: `--runtime tpm` with the annotation (the wrapper)
-#     against runc with `--device` and `--group-add`;
-#   - where the hook's delivery goes, phase by phase (medians from its log).
-# (60 podman and 60 docker runs, seconds each in the emulated guest:)
+#     against runc with `--device` and `--group-add`, and the wrapper with
+#     nothing asked against plain runc;
+#   - where the hook's delivery goes, phase by phase (medians from its log),
+#     from the runtime's fork of the hook (startup) to the self-test.
+# (60 podman and 80 docker runs, seconds each in the emulated guest:)
 # lab: timeout 2400
 set -euo pipefail
 source "$LAB_LIB"
@@ -59,7 +61,7 @@ phase() { sed -n "s/.*TPM delivered.* $1=\([0-9]*\).*/\1/p" /run/lab/bench-hook-
 phase duration_ms >/run/lab/bench-delivery
 [[ -s /run/lab/bench-delivery ]] || fail "no deliveries in the hook log"
 echo "BENCH hook delivery (state to self-tested node, from the hook's log): median $(median </run/lab/bench-delivery) ms over $(wc -l </run/lab/bench-delivery) containers"
-for p in plan_ms node_ms cgroup_ms self_test_ms; do
+for p in startup_ms plan_ms decide_ms spec_ms attach_ms node_ms cgroup_ms self_test_ms; do
     printf '%s ' "${p%_ms} $(phase "$p" | median) ms"
 done | sed 's/^/BENCH hook delivery by phase (medians): /; s/ $//'
 echo
@@ -72,6 +74,9 @@ for _ in $(seq "$RUNS"); do
     timed /run/lab/bench-docker-plain docker run --rm --network none "$LAB_IMAGE" true
     timed /run/lab/bench-docker-tpm docker run --rm --network none --runtime tpm --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" true
     timed /run/lab/bench-docker-manual docker run --rm --network none --device /dev/tpmrm0 --group-add "$gid" "$LAB_IMAGE" true
+    # The wrapper with nothing asked: what the runtime registration costs by itself.
+    timed /run/lab/bench-docker-wrapper docker run --rm --network none --runtime tpm "$LAB_IMAGE" true
 done
 echo "BENCH docker run true: median $(median </run/lab/bench-docker-plain) ms without a TPM, $(median </run/lab/bench-docker-tpm) ms with the wrapper and the annotation, $(median </run/lab/bench-docker-manual) ms with --device --group-add ($RUNS interleaved runs each)"
 echo "BENCH docker annotated / manual: $(ratio /run/lab/bench-docker-tpm /run/lab/bench-docker-manual) (ratio of medians)"
+echo "BENCH docker run true through the wrapper, nothing asked: median $(median </run/lab/bench-docker-wrapper) ms; / plain runc: $(ratio /run/lab/bench-docker-wrapper /run/lab/bench-docker-plain)"

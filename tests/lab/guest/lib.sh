@@ -225,6 +225,7 @@ device_numbers() {
 # stops when the scenario exits. The kernel gives up on a proxy TPM whose
 # start-up commands time out (seen under heavy load: swtpm then logs an I/O
 # error and no tpmrm appears), so fresh swtpms get two more tries.
+# LAB_VTPM_CTRL is then its swtpm's control socket (swtpm_ioctl --unix).
 add_vtpm() {
     local state before dev="" attempt
     # Only the device goes to stdout (callers capture it); what the waits
@@ -241,7 +242,8 @@ add_vtpm() {
         for attempt in 1 2 3; do
             state=$(mktemp -d /run/lab/vtpm.XXXXXX)
             start_daemon "swtpm-vtpm-$(basename "$state")" \
-                "${prio[@]}" swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state"
+                "${prio[@]}" swtpm chardev --vtpm-proxy --tpm2 --tpmstate "dir=$state" \
+                --ctrl "type=unixio,path=$state/ctrl.sock"
             if poll_until $(( LAB_WAIT / 2 )) bash -c "[[ \"\$(ls /dev/tpmrm* 2>/dev/null | sort)\" != \"$before\" ]]"; then
                 dev=$(comm -13 <(printf '%s\n' "$before") <(ls /dev/tpmrm* | sort) | head -n1)
                 break
@@ -252,6 +254,7 @@ add_vtpm() {
             sleep 10
         done
         [[ -n "$dev" ]] || fail "the vTPM proxy gave no new /dev/tpmrm* in three attempts"
+        LAB_VTPM_CTRL="$state/ctrl.sock"
         # Like a host's udev rules (tpm2-tss): tpmrm* is group tss, mode 0660.
         wait_for 10 "$dev to appear" test -c "$dev"
         chgrp tss "$dev" && chmod 0660 "$dev"

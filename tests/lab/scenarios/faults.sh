@@ -2,9 +2,11 @@
 # faults: every way a request can fail ends with a clear message and no
 # half-made state: a missing device (required and optional), a hung TPM and a
 # TPM that went away (bounded), a bad annotation value, the exclusive tpm0,
-# a runtime whose timeout for the hook is shorter than the self-test's, and
-# the policy file rewritten while containers start.
-# lab: cost 250 (seconds, usual with two guests side by side; to split the scenarios between them)
+# a runtime whose timeout for the hook is shorter than the self-test's, the
+# policy file rewritten while containers start, bpf(2) refusing the device
+# program's attach, a TPM that answers every command with an error, and a
+# TPM that goes away during the self-test.
+# lab: cost 400 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
@@ -162,9 +164,93 @@ done
 note "$granted granted, $refused refused"
 assert_eq "" "$(podman ps -aq --filter name=flip-)" "flip containers left"
 
-step "a TPM that went away (its swtpm ended): a clear failure"
-kill -TERM "$swtpm_pid"
+# hook_under_strace [STRACE-ARGS...]: the hooks.d entry runs the hook under
+# strace (no -f: the hook's own calls, not its self-test child's); with no
+# arguments, the hook itself again.
+hook_entry="$LAB_HOOKS_DIR/oci-tpm-hook.json"
+cp "$hook_entry" /run/lab/hook-entry.json
+hook_under_strace() {
+    if [[ $# -eq 0 ]]; then
+        cp /run/lab/hook-entry.json "$hook_entry"
+        return 0
+    fi
+    jq --arg hook "$HOOK_BIN" '.hook.path = "/usr/bin/strace" | .hook.args = (["strace"] + $ARGS.positional + [$hook])' \
+        /run/lab/hook-entry.json --args "$@" >"$hook_entry.new"
+    mv "$hook_entry.new" "$hook_entry"
+}
+on_exit "cp /run/lab/hook-entry.json $hook_entry"
+
+step "bpf(2) refuses to attach the device program (as a security module would): refused, saying why; with required=false nothing of the grant is left"
+# strace's fault injection makes the hook's BPF_PROG_ATTACH fail with EPERM:
+# a traced run finds which of the hook's bpf(2) calls the attach is.
+for rt in runc crun; do
+    hook_under_strace -qq -e trace=bpf -o "/run/lab/hook-bpf-$rt.trace"
+    assert_ok timeout 120 podman run --rm --runtime "$rt" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+    attach_at=$(grep '^bpf(' "/run/lab/hook-bpf-$rt.trace" | grep -n 'BPF_PROG_ATTACH' | head -n1 | cut -d: -f1)
+    [[ -n "$attach_at" ]] || fail "$rt: no BPF_PROG_ATTACH among the hook's bpf(2) calls: $(cat "/run/lab/hook-bpf-$rt.trace")"
+    note "$rt: the hook's bpf(2) calls: $(grep -o '^bpf(BPF_[A-Z_]*' "/run/lab/hook-bpf-$rt.trace" | cut -c5- | tr '\n' ' ')(the attach is call $attach_at)"
+    hook_under_strace -qq -e trace=bpf -e "inject=bpf:error=EPERM:when=$attach_at" -o "/run/lab/hook-bpf-$rt-refused.trace"
+    assert_fails timeout 120 podman run --rm --runtime "$rt" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+    for want in "BPF_PROG_ATTACH" "Operation not permitted" "$name" "--device"; do
+        assert_contains "$LAB_OUTPUT" "$want" "podman ($rt) output"
+    done
+    grep -q 'BPF_PROG_ATTACH.*INJECTED' "/run/lab/hook-bpf-$rt-refused.trace" \
+        || fail "$rt: strace did not refuse the attach: $(cat "/run/lab/hook-bpf-$rt-refused.trace")"
+    assert_ok timeout 120 podman run --rm --runtime "$rt" --cap-add MKNOD \
+        --annotation "oci-tpm-hook/device=$name" --annotation oci-tpm-hook/required=false \
+        "$LAB_IMAGE" bash -c "$probe_rollback"
+    for want in no-node made tpm-open-refused null-opened cgroup-clean; do
+        assert_contains "$LAB_OUTPUT" "$want" "podman ($rt), attach refused, required=false"
+    done
+    assert_not_contains "$LAB_OUTPUT" "TPM-OPENED" "podman ($rt), attach refused: the device was not left allowed"
+done
+hook_under_strace
+
+step "the TPM answers every command with an error (reset behind the kernel's back, it awaits TPM2_Startup): refused, with the TPM's answer"
+swtpm_ioctl --unix "$LAB_VTPM_CTRL" -i
+assert_refused "$name" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
+assert_contains "$LAB_OUTPUT" "self-test" "the refusal names the self-test"
+assert_contains "$LAB_OUTPUT" "TPM_RC_INITIALIZE" "the refusal names the TPM's answer"
+note "the refusal: $(grep -o 'oci-tpm-hook: .*' <<<"$LAB_OUTPUT" | tail -n1)"
+assert_ok timeout 120 podman run --rm --runtime runc --cap-add MKNOD \
+    --annotation "oci-tpm-hook/device=$name" --annotation oci-tpm-hook/required=false \
+    "$LAB_IMAGE" bash -c "$probe_rollback"
+for want in no-node made tpm-open-refused null-opened cgroup-clean; do
+    assert_contains "$LAB_OUTPUT" "$want" "an erring TPM, required=false"
+done
+
+step "the TPM goes away during the self-test (validated, then its swtpm ends while the hook waits for an answer): refused at once, not at the timeout"
+# A long self-test timeout: the refusal must come from the TPM going away.
+install_policy '[self-test]
+timeout-ms = 30000'
+kill -STOP "$swtpm_pid"
+start=$(date +%s)
+podman run --rm --runtime runc --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true >/run/lab/vanish.out 2>&1 &
+runner=$!
+# The hook is waiting for the TPM's answer once it is running and the
+# stopped swtpm holds its command.
+wait_for 60 "the hook to be waiting on $name" pgrep -f "$HOOK_BIN"
+sleep 3
+killed=$(date +%s)
+kill -KILL "$swtpm_pid"
+kill -CONT "$swtpm_pid" 2>/dev/null || true
+rc=0
+wait "$runner" || rc=$?
+took=$(( $(date +%s) - start ))
+after_kill=$(( $(date +%s) - killed ))
+note "podman run exit $rc after ${took} s, ${after_kill} s after the swtpm was killed: $(tail -n 3 /run/lab/vanish.out | tr '\n' ' ')"
+[[ $rc -ne 0 ]] || fail "the container started although its TPM went away during the self-test"
+out=$(cat /run/lab/vanish.out)
+assert_contains "$out" "$name" "the refusal names the TPM"
+assert_contains "$out" "self-test" "the refusal names the self-test"
+assert_not_contains "$out" "Timer expired" "the refusal (not the self-test's timeout)"
+assert_not_contains "$out" "no answer within" "the refusal (not the self-test's timeout)"
+[[ $after_kill -lt 15 ]] || fail "the refusal came ${after_kill} s after the TPM went away, about the self-test's timeout"
 wait_for 30 "$dev to disappear" bash -c "! test -e $dev"
+install_policy '[self-test]
+timeout-ms = 2000'
+
+step "a TPM that went away (its swtpm ended): a clear failure"
 assert_refused "host has no TPM device $name" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
 
 step "nothing half-made: no container is left behind by the failures"

@@ -25,6 +25,8 @@ struct Fake {
     next_id: RefCell<u32>,
     no_replace: bool,
     query_errno: Option<i32>,
+    /// Every attach fails with this errno (a security module's refusal).
+    attach_errno: Option<i32>,
     /// Loads fail once this many have succeeded.
     loads_before_failure: Option<usize>,
     log: RefCell<Vec<String>>,
@@ -111,6 +113,9 @@ impl ProgramHost for Fake {
         self.log
             .borrow_mut()
             .push(format!("attach {prog} {flags} {replace:?}"));
+        if let Some(e) = self.attach_errno {
+            return Err(errno(e));
+        }
         let mut attached = self.attached.borrow_mut();
         if flags & F_ALLOW_MULTI == 0 {
             attached.clear();
@@ -267,6 +272,26 @@ fn eperm_explains_nested_setups() {
     assert!(err.contains("test.scope"), "{err}");
     assert!(err.contains("nested"), "{err}");
     assert!(err.contains("--device"), "{err}");
+}
+
+#[test]
+fn a_refused_attach_says_why_and_leaves_the_runtimes_program() {
+    for flags in [F_ALLOW_MULTI, 0] {
+        let mut fake = Fake::with(flags, vec![runtime_program()]);
+        fake.attach_errno = Some(libc::EPERM);
+        let err = format!("{:#}", allow(&fake, path(), &TPM).unwrap_err());
+        assert!(err.contains("BPF_PROG_ATTACH"), "{err}");
+        assert!(err.contains("Operation not permitted"), "{err}");
+        assert!(err.contains("security module"), "{err}");
+        assert!(err.contains("--device"), "{err}");
+        assert_eq!(*fake.attached.borrow(), [101], "flags {flags}");
+        assert!(!allows_tpm(&fake.attached_insns()[0]));
+    }
+    // Refused for another reason: no hint about privileges.
+    let mut fake = Fake::with(F_ALLOW_MULTI, vec![runtime_program()]);
+    fake.attach_errno = Some(libc::ENOMEM);
+    let err = format!("{:#}", allow(&fake, path(), &TPM).unwrap_err());
+    assert!(!err.contains("security module"), "{err}");
 }
 
 #[test]
