@@ -174,8 +174,10 @@ hook_under_strace() {
         cp /run/lab/hook-entry.json "$hook_entry"
         return 0
     fi
-    jq --arg hook "$HOOK_BIN" '.hook.path = "/usr/bin/strace" | .hook.args = (["strace"] + $ARGS.positional + [$hook])' \
-        /run/lab/hook-entry.json --args "$@" >"$hook_entry.new"
+    # (Not jq --args: it would read strace's options as its own.)
+    jq --arg hook "$HOOK_BIN" --argjson extra "$(printf '%s\n' "$@" | jq -R . | jq -sc .)" \
+        '.hook.path = "/usr/bin/strace" | .hook.args = (["strace"] + $extra + [$hook])' \
+        /run/lab/hook-entry.json >"$hook_entry.new"
     mv "$hook_entry.new" "$hook_entry"
 }
 on_exit "cp /run/lab/hook-entry.json $hook_entry"
