@@ -80,10 +80,13 @@ pub struct Phases {
     /// (exec, loading): outside the hook's own clock, read from the
     /// kernel's record of the process's start (10 ms steps).
     pub startup_ms: Option<u64>,
-    /// Everything before the first change: `decide_ms` + `spec_ms` +
-    /// `attach_ms`.
+    /// Everything before the first change: `state_ms` + `decide_ms` +
+    /// `spec_ms` + `attach_ms`.
     pub plan_ms: u64,
-    /// The OCI state, the policy, the log, the request and the host's TPM.
+    /// Reading the OCI state: until the runtime has written all of it and
+    /// closed the hook's stdin.
+    pub state_ms: u64,
+    /// The policy, the log, the request and the host's TPM.
     pub decide_ms: u64,
     /// Privileges, config.json, the process's identity and access.
     pub spec_ms: u64,
@@ -120,6 +123,7 @@ pub fn run(
         .take((1 << 20) + 1)
         .read_to_end(&mut bytes)
         .context("cannot read the OCI state from stdin")?;
+    let state_read = started.elapsed();
     let mut state = ContainerState::parse(&bytes)?;
     state
         .annotations
@@ -139,7 +143,7 @@ pub fn run(
     let refusal = match decide(&subject, &policy, host) {
         Decision::NotRequested => return Ok(HookResult::NotRequested),
         Decision::Refuse(r) => r,
-        Decision::Grant(grant) => match deliver(&state, &subject, &grant, started) {
+        Decision::Grant(grant) => match deliver(&state, &subject, &grant, started, state_read) {
             Ok(delivery) => {
                 log_delivery(&subject, &delivery);
                 return Ok(HookResult::Delivered(Box::new(delivery)));
@@ -372,11 +376,13 @@ fn deliver(
     subject: &Subject,
     grant: &Grant,
     started: Instant,
+    state_read: Duration,
 ) -> anyhow::Result<Delivery> {
     let ms = |since: Instant| since.elapsed().as_millis() as u64;
     let mut phases = Phases {
         startup_ms: process_age_at(started).map(|age| age.as_millis() as u64),
-        decide_ms: ms(started),
+        state_ms: state_read.as_millis() as u64,
+        decide_ms: started.elapsed().saturating_sub(state_read).as_millis() as u64,
         ..Phases::default()
     };
     let t = Instant::now();
@@ -535,6 +541,7 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
         duration_ms = d.duration.as_millis() as u64,
         startup_ms = d.phases.startup_ms,
         plan_ms = d.phases.plan_ms,
+        state_ms = d.phases.state_ms,
         decide_ms = d.phases.decide_ms,
         spec_ms = d.phases.spec_ms,
         attach_ms = d.phases.attach_ms,
