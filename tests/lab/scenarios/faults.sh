@@ -237,7 +237,8 @@ podman run --rm --runtime runc --annotation "oci-tpm-hook/device=$name" "$LAB_IM
 runner=$!
 # The hook is waiting for the TPM's answer once it is running and the
 # stopped swtpm holds its command.
-wait_for 60 "the hook to be waiting on $name" pgrep -f "$HOOK_BIN"
+# (By its name: its command line is the hooks.d entry's args.)
+wait_for 60 "the hook to be waiting on $name" pgrep -x oci-tpm-hook
 sleep 3
 killed=$(date +%s)
 kill -KILL "$swtpm_pid"
