@@ -83,8 +83,8 @@ pub struct Phases {
     /// Everything before the first change: `state_ms` + `decide_ms` +
     /// `spec_ms` + `attach_ms`.
     pub plan_ms: u64,
-    /// Reading the OCI state: until the runtime has written all of it and
-    /// closed the hook's stdin.
+    /// Reading the OCI state (until the runtime has written all of it and
+    /// closed the hook's stdin) and parsing it.
     pub state_ms: u64,
     /// The policy, the log, the request and the host's TPM.
     pub decide_ms: u64,
@@ -123,7 +123,6 @@ pub fn run(
         .take((1 << 20) + 1)
         .read_to_end(&mut bytes)
         .context("cannot read the OCI state from stdin")?;
-    let state_read = started.elapsed();
     let mut state = ContainerState::parse(&bytes)?;
     state
         .annotations
@@ -131,6 +130,9 @@ pub fn run(
     if !request::mentions_us(&state.annotations) {
         return Ok(HookResult::NotRequested);
     }
+    // Taken here, not right after the read: a container that asks for
+    // nothing pays for nothing it does not need.
+    let state_read = started.elapsed();
     scrub_process_environment();
 
     let policy = Policy::load(&policy::resolve_path(config))?;
