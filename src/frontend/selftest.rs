@@ -28,9 +28,7 @@ pub fn main(args: &SelftestArgs) -> anyhow::Result<ExitCode> {
     );
     let device = args.device.clone().unwrap_or_else(default_device);
     // The transport's own errors name the device already.
-    let outcome = tpm::DeviceTransport::open(&device)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut t| tpm::selftest::run(&mut t, level, timeout).map_err(anyhow::Error::from));
+    let outcome = tpm::self_test_device(&device, level, timeout).map_err(anyhow::Error::from);
     match outcome {
         Ok(report) => {
             if json {

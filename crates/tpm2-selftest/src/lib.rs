@@ -23,7 +23,9 @@ pub mod transport;
 mod scripted_transport;
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,43 @@ pub use selftest::{
     run as run_self_test, SelfTestError, SelfTestFailure, SelfTestReport, SelfTestStep,
 };
 pub use transport::{DeviceTransport, SocketTransport, Transport, TransportError};
+
+/// Why [`self_test_device`] failed: the device could not be opened, or the
+/// self-test over it failed. Shows and chains as the error inside.
+#[derive(Debug)]
+pub enum DeviceSelfTestError {
+    Open(TransportError),
+    SelfTest(SelfTestError),
+}
+
+impl fmt::Display for DeviceSelfTestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Open(e) => e.fmt(f),
+            Self::SelfTest(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DeviceSelfTestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Open(e) => e.source(),
+            Self::SelfTest(e) => e.source(),
+        }
+    }
+}
+
+/// Opens the TPM character device at `path` and runs the self-test at
+/// `level` over it within `timeout`: what a probe of a TPM node needs.
+pub fn self_test_device(
+    path: &Path,
+    level: SelfTestLevel,
+    timeout: Duration,
+) -> Result<SelfTestReport, DeviceSelfTestError> {
+    let mut transport = DeviceTransport::open(path).map_err(DeviceSelfTestError::Open)?;
+    selftest::run(&mut transport, level, timeout).map_err(DeviceSelfTestError::SelfTest)
+}
 
 /// How much to prove about a TPM before a container may use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -132,6 +171,19 @@ mod tests {
             assert!(msg.contains(&format!("{bad:?}")), "{msg}");
             assert!(msg.contains("none, quick, full"), "{msg}");
         }
+    }
+
+    #[test]
+    fn a_device_that_cannot_be_opened_is_an_open_error_naming_it() {
+        let path = Path::new("/nonexistent/tpmrm9");
+        let err = self_test_device(path, SelfTestLevel::Quick, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, DeviceSelfTestError::Open(_)), "{err:?}");
+        assert!(err.to_string().contains("/nonexistent/tpmrm9"), "{err}");
+        // Shown as the transport's own error.
+        let DeviceSelfTestError::Open(inner) = &err else {
+            unreachable!()
+        };
+        assert_eq!(err.to_string(), inner.to_string());
     }
 
     #[test]

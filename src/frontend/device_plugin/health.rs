@@ -38,13 +38,8 @@ pub struct SelfTest;
 
 impl Checker for SelfTest {
     fn check(&self, device: &Path, timeout: Duration) -> Result<TpmInfo, String> {
-        let report = tpm::DeviceTransport::open(device)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut t| {
-                tpm::selftest::run(&mut t, SelfTestLevel::Quick, timeout)
-                    .map_err(anyhow::Error::from)
-            })
-            .map_err(|e| format!("self-test (quick) failed: {e:#}"))?;
+        let report = tpm::self_test_device(device, SelfTestLevel::Quick, timeout)
+            .map_err(|e| format!("self-test (quick) failed: {:#}", anyhow::Error::from(e)))?;
         let unknown = || "unknown".to_owned();
         Ok(TpmInfo {
             family: report.family.unwrap_or_else(unknown),

@@ -222,12 +222,8 @@ fn exclusive_holders(host: &Host) -> Check {
 fn self_test(host: &Host, name: &str) -> Check {
     let check = format!("self-test {name}");
     let path = host.path(&format!("/dev/{name}"));
-    let outcome = tpm::DeviceTransport::open(&path)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut t| {
-            tpm::selftest::run(&mut t, SelfTestLevel::Quick, host.self_test_timeout)
-                .map_err(anyhow::Error::from)
-        });
+    let outcome = tpm::self_test_device(&path, SelfTestLevel::Quick, host.self_test_timeout)
+        .map_err(anyhow::Error::from);
     match outcome {
         Ok(report) => Check::pass(check, report.to_string()),
         Err(e) => Check::fail(
