@@ -15,12 +15,12 @@
 //!
 //! With no healthy TPM the file says `tpm=false` and nothing else.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
 use super::inventory::Inventory;
+use crate::files::PlainFile;
 
 /// NFD's directory for local feature files.
 pub const DEFAULT_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
@@ -77,27 +77,20 @@ pub fn label_value(raw: &str) -> Option<String> {
 }
 
 /// Writes the feature file in `dir` when its text differs from `text`;
-/// whether it wrote. The write is atomic (a hidden temporary file renamed
-/// over it), so NFD never reads half a file.
+/// whether it wrote. The write is atomic ([`PlainFile`]: a temporary file
+/// renamed over it), so NFD never reads half a file.
 pub fn write(dir: &Path, text: &str) -> anyhow::Result<bool> {
-    let path = dir.join(FILE_NAME);
-    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
-        return Ok(false);
-    }
     std::fs::create_dir_all(dir).with_context(|| {
         format!(
             "cannot create Node Feature Discovery's directory {}",
             dir.display()
         )
     })?;
-    let tmp: PathBuf = dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    let file = PlainFile::read(&dir.join(FILE_NAME))?;
+    if file.contents() == Some(text.as_bytes()) {
+        return Ok(false);
+    }
+    file.write(text.as_bytes(), 0o644)?;
     Ok(true)
 }
 
