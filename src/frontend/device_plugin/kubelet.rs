@@ -12,7 +12,6 @@
 //! resource name, an unsupported version) is fatal, as the API asks.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use super::api::device_plugin_server::DevicePluginServer;
 use super::api::registration_client::RegistrationClient;
 use super::api::{RegisterRequest, KUBELET_SOCKET, VERSION};
 use super::service::{self, Service};
+use crate::files::FileId;
 
 /// How long the kubelet may take to answer a registration: it dials the
 /// plugin back before it answers.
@@ -94,7 +94,7 @@ async fn session(reg: &Registration, service: Service) -> anyhow::Result<()> {
     }
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let ours = file_id(&socket).with_context(|| format!("cannot stat {}", socket.display()))?;
+    let ours = FileId::of(&socket).with_context(|| format!("cannot stat {}", socket.display()))?;
     // One service on its own socket: no router needed.
     let server = tonic::transport::Server::builder().serve_with_incoming(
         DevicePluginServer::new(service),
@@ -105,7 +105,7 @@ async fn session(reg: &Registration, service: Service) -> anyhow::Result<()> {
     // Register while serving: the kubelet dials the plugin back before it
     // answers.
     let kubelet = loop {
-        let kubelet = file_id(&reg.kubelet_socket());
+        let kubelet = FileId::of(&reg.kubelet_socket());
         tokio::select! {
             r = &mut server => bail!("the plugin's gRPC server stopped: {}", describe(r)),
             outcome = register(reg) => match outcome {
@@ -124,7 +124,7 @@ async fn session(reg: &Registration, service: Service) -> anyhow::Result<()> {
             r = &mut server => bail!("the plugin's gRPC server stopped: {}", describe(r)),
             _ = tokio::time::sleep(RETRY) => {}
         }
-        if file_id(&socket).ok() != Some(ours) {
+        if FileId::of(&socket) != Some(ours) {
             return Ok(()); // the directory was emptied meanwhile
         }
     };
@@ -141,8 +141,8 @@ async fn session(reg: &Registration, service: Service) -> anyhow::Result<()> {
             _ = tokio::time::sleep(POLL) => {}
         }
         check_dir(&reg.dir)?;
-        let socket_kept = file_id(&socket).ok() == Some(ours);
-        let kubelet_kept = file_id(&reg.kubelet_socket()).ok() == kubelet.as_ref().ok().copied();
+        let socket_kept = FileId::of(&socket) == Some(ours);
+        let kubelet_kept = FileId::of(&reg.kubelet_socket()) == kubelet;
         if !socket_kept || !kubelet_kept {
             return Ok(());
         }
@@ -169,12 +169,6 @@ async fn wait_for_kubelet(reg: &Registration) -> anyhow::Result<()> {
         check_dir(&reg.dir)?;
     }
     Ok(())
-}
-
-/// A file's identity: its device and inode.
-fn file_id(path: &Path) -> io::Result<(u64, u64)> {
-    let m = std::fs::symlink_metadata(path)?;
-    Ok((m.dev(), m.ino()))
 }
 
 #[derive(Debug)]
