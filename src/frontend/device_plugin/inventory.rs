@@ -272,22 +272,13 @@ pub fn share_id(tpm: &str, index: u32) -> String {
 #[cfg(test)]
 pub(crate) mod tests_support {
     use super::*;
-    use crate::core::decision::{decide, Decision};
     use crate::core::policy::Policy;
-    use crate::core::subject::Subject;
+    use crate::frontend::device_plugin::monitor::grant_for;
     use crate::testing::FakeHost;
 
-    /// The core's grant of `name` on `host`.
+    /// The core's grant of `name` on `host`, as discovery gets it.
     pub fn grant(host: &FakeHost, name: &str) -> Grant {
-        let subject = Subject {
-            id: "device-plugin".into(),
-            annotations: [("oci-tpm-hook/device".to_string(), name.to_string())].into(),
-            ..Default::default()
-        };
-        match decide(&subject, &Policy::default(), &host.roots) {
-            Decision::Grant(g) => *g,
-            other => panic!("{other:?}"),
-        }
+        grant_for(name, &Policy::default(), &host.roots).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// One share per TPM `tpmrmN`, each checked with the given outcome.

@@ -68,27 +68,33 @@ pub fn discover(policy: &Policy, host: &HostRoots) -> BTreeMap<String, Result<Gr
         .into_iter()
         .filter(|name| policy.device_allowed(name))
         .map(|name| {
-            let subject = Subject {
-                id: "device-plugin".into(),
-                annotations: [(KEY_DEVICE.to_owned(), name.clone())].into(),
-                ..Default::default()
-            };
-            let outcome = match decide(&subject, policy, host) {
-                Decision::Grant(grant) => Ok(*grant),
-                // The reason without the "container …: cannot give it" part:
-                // there is no container yet.
-                Decision::Refuse(refusal) => Err(refusal
-                    .error
-                    .chain()
-                    .skip(1)
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ")),
-                Decision::NotRequested => Err("the core saw no request".into()),
-            };
+            let outcome = grant_for(&name, policy, host);
             (name, outcome)
         })
         .collect()
+}
+
+/// The core's grant of TPM `name` to a container that asks for it by name,
+/// or why there is none.
+pub fn grant_for(name: &str, policy: &Policy, host: &HostRoots) -> Result<Grant, String> {
+    let subject = Subject {
+        id: "device-plugin".into(),
+        annotations: [(KEY_DEVICE.to_owned(), name.to_owned())].into(),
+        ..Default::default()
+    };
+    match decide(&subject, policy, host) {
+        Decision::Grant(grant) => Ok(*grant),
+        // The reason without the "container …: cannot give it" part: there
+        // is no container yet.
+        Decision::Refuse(refusal) => Err(refusal
+            .error
+            .chain()
+            .skip(1)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(": ")),
+        Decision::NotRequested => Err("the core saw no request".into()),
+    }
 }
 
 /// A running watcher; aborted when dropped.
