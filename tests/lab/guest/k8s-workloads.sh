@@ -57,26 +57,6 @@ assert_tpm_in() {
     [[ "$random" =~ ^[0-9a-f]{16}$ ]] || fail "tpm2_getrandom --hex 8 in $target gave '$random'"
 }
 
-assert_sign_verify() {
-    local ns="$1" target="$2"
-    assert_ok kubectl -n "$ns" exec "$target" -- sh -c '
-        set -e; cd "$(mktemp -d)"
-        tpm2_createprimary -Q -C o -G ecc -c primary.ctx
-        tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv
-        tpm2_load -Q -C primary.ctx -u key.pub -r key.priv -c key.ctx
-        echo "signed in a pod" >message
-        tpm2_sign -Q -c key.ctx -g sha256 -o message.sig message
-        tpm2_verifysignature -Q -c key.ctx -g sha256 -m message -s message.sig && echo SIGNATURE-VERIFIED
-        echo "changed" >other
-        if tpm2_verifysignature -Q -c key.ctx -g sha256 -m other -s message.sig 2>/dev/null; then
-            echo CHANGED-MESSAGE-VERIFIED
-        else
-            echo CHANGED-MESSAGE-REJECTED
-        fi'
-    assert_contains "$LAB_OUTPUT" SIGNATURE-VERIFIED
-    assert_contains "$LAB_OUTPUT" CHANGED-MESSAGE-REJECTED
-}
-
 # The checks both runtimes share. $1: containerd or crio.
 check_workloads() {
     local runtime="$1" outcome

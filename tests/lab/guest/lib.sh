@@ -476,6 +476,29 @@ cluster_restart_kubelet() {
     [[ $rc -eq 0 ]] || fail "the kubelet did not come back (logs: cluster/kubelet.log in the run directory)"
 }
 
+# assert_sign_verify NS POD: in the pod, as its own user, a TPM key is made,
+# loaded and used to sign; the signature verifies, and not for another
+# message.
+assert_sign_verify() {
+    local ns="$1" target="$2"
+    assert_ok kubectl -n "$ns" exec "$target" -- sh -c '
+        set -e; cd "$(mktemp -d)"
+        tpm2_createprimary -Q -C o -G ecc -c primary.ctx
+        tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv
+        tpm2_load -Q -C primary.ctx -u key.pub -r key.priv -c key.ctx
+        echo "signed in a pod" >message
+        tpm2_sign -Q -c key.ctx -g sha256 -o message.sig message
+        tpm2_verifysignature -Q -c key.ctx -g sha256 -m message -s message.sig && echo SIGNATURE-VERIFIED
+        echo "changed" >other
+        if tpm2_verifysignature -Q -c key.ctx -g sha256 -m other -s message.sig 2>/dev/null; then
+            echo CHANGED-MESSAGE-VERIFIED
+        else
+            echo CHANGED-MESSAGE-REJECTED
+        fi'
+    assert_contains "$LAB_OUTPUT" SIGNATURE-VERIFIED
+    assert_contains "$LAB_OUTPUT" CHANGED-MESSAGE-REJECTED
+}
+
 # load_nri_plugin_image: the DaemonSets' image (oci-tpm-hook:0.1.0: the NRI
 # plugin and the device plugin) in containerd's k8s.io namespace, built with
 # podman from packaging/kubernetes/Containerfile. Its context is what the

@@ -141,15 +141,7 @@ assert_contains "$out" " $gid" "the tss GID among the groups"
 assert_contains "$out" "device: character special file 660 $gid"
 assert_contains "$out" "tcti=device:/dev/tpmrm0"
 [[ "$(sed -n 's/^random: //p' <<<"$out")" =~ ^[0-9a-f]{16}$ ]] || fail "tpm2_getrandom in tpm-a: $out"
-assert_ok kubectl -n "$NS" exec tpm-a -- sh -c '
-    set -e; cd "$(mktemp -d)"
-    tpm2_createprimary -Q -C o -G ecc -c primary.ctx
-    tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv
-    tpm2_load -Q -C primary.ctx -u key.pub -r key.priv -c key.ctx
-    echo "signed in a pod" >message
-    tpm2_sign -Q -c key.ctx -g sha256 -o message.sig message
-    tpm2_verifysignature -Q -c key.ctx -g sha256 -m message -s message.sig && echo SIGNATURE-VERIFIED'
-assert_contains "$LAB_OUTPUT" SIGNATURE-VERIFIED
+assert_sign_verify "$NS" tpm-a
 assert_contains "$(kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin)" "granted TPM tpmrm0" "the NRI plugin's log (it added the self-test)"
 assert_contains "$(plugin_log)" "allocated tpmrm0-" "the device plugin's log"
 assert_ok "${PODRESOURCES[@]}" list
