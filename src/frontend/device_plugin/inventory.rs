@@ -11,6 +11,7 @@
 //! takes it out of the node's allocatable count.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::api::{
     CdiDevice, ContainerAllocateRequest, ContainerAllocateResponse,
@@ -54,6 +55,22 @@ pub struct Inventory {
     tpms: BTreeMap<String, Tpm>,
     /// The CDI kind of the devices named in `Allocate`; `None`: no CDI.
     cdi_kind: Option<String>,
+}
+
+/// The inventory the monitor writes and the service reads.
+#[derive(Debug, Clone)]
+pub struct SharedInventory(Arc<Mutex<Inventory>>);
+
+impl SharedInventory {
+    pub fn new(inventory: Inventory) -> Self {
+        Self(Arc::new(Mutex::new(inventory)))
+    }
+
+    /// The inventory, for as long as the guard lives. A panic elsewhere
+    /// while it was held must not take the plugin down with it.
+    pub fn lock(&self) -> MutexGuard<'_, Inventory> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What changed in a TPM's health, for the log.

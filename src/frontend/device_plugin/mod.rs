@@ -34,7 +34,7 @@ pub mod nfd;
 pub mod service;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,7 +44,7 @@ use tracing::info;
 
 use crate::core::host::HostRoots;
 use crate::core::policy::{self, Policy};
-use inventory::Inventory;
+use inventory::{Inventory, SharedInventory};
 use monitor::{Monitor, Outputs};
 
 /// The extended resource the plugin registers by default.
@@ -98,7 +98,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
 async fn serve(opts: Options, policy: Policy, host: HostRoots) -> anyhow::Result<()> {
     let cdi_kind = opts.outputs.cdi_dir.is_some().then(|| cdi::KIND.to_owned());
-    let inventory = Arc::new(Mutex::new(Inventory::new(opts.shares, cdi_kind)));
+    let inventory = SharedInventory::new(Inventory::new(opts.shares, cdi_kind));
     let (devices_tx, devices_rx) = watch::channel(Vec::new());
     let monitor = Monitor {
         policy,

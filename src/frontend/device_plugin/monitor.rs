@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::api::Device;
 use super::health::{self, Checker, Report};
-use super::inventory::{Inventory, Transition};
+use super::inventory::{SharedInventory, Transition};
 use super::{cdi, nfd};
 use crate::core::decision::{decide, Decision};
 use crate::core::grant::Grant;
@@ -49,7 +49,7 @@ pub struct Outputs {
 pub struct Monitor {
     pub policy: Policy,
     pub host: HostRoots,
-    pub inventory: Arc<Mutex<Inventory>>,
+    pub inventory: SharedInventory,
     pub devices: watch::Sender<Vec<Device>>,
     pub checker: Arc<dyn Checker>,
     /// Between discoveries, and between one TPM's self-tests.
@@ -114,11 +114,6 @@ struct OutputErrors {
 }
 
 impl Monitor {
-    fn inventory(&self) -> MutexGuard<'_, Inventory> {
-        // A panic elsewhere must not stop the monitor.
-        self.inventory.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Runs until the task is dropped; an error only when an output cannot
     /// be written at start (a misconfigured directory should stop the
     /// DaemonSet's pod where its operator sees it).
@@ -154,7 +149,7 @@ impl Monitor {
         reports: &mpsc::Sender<Report>,
     ) {
         let found = discover(&self.policy, &self.host);
-        let mut inventory = self.inventory();
+        let mut inventory = self.inventory.lock();
         for (name, outcome) in &found {
             match outcome {
                 Ok(grant) => {
@@ -200,7 +195,7 @@ impl Monitor {
     }
 
     fn apply(&self, report: Report) {
-        let transition = self.inventory().checked(&report.name, report.outcome);
+        let transition = self.inventory.lock().checked(&report.name, report.outcome);
         log_transition(&report.name, &transition);
     }
 
@@ -209,7 +204,7 @@ impl Monitor {
     /// the node's features. `strict`: fail on a write error (at start)
     /// rather than log it.
     fn publish(&self, errors: &mut OutputErrors, strict: bool) -> anyhow::Result<()> {
-        let inventory = self.inventory().clone();
+        let inventory = self.inventory.lock().clone();
         if let Some(dir) = &self.outputs.cdi_dir {
             let written = cdi::write(dir, cdi::spec(&inventory).as_ref());
             report_output(&mut errors.cdi, written, strict, "CDI spec", dir)?;
@@ -275,8 +270,10 @@ fn log_transition(name: &str, transition: &Transition) {
 mod tests {
     use super::*;
     use crate::frontend::device_plugin::health::TpmInfo;
+    use crate::frontend::device_plugin::inventory::Inventory;
     use crate::testing::FakeHost;
     use std::path::Path;
+    use std::sync::Mutex;
 
     #[test]
     fn discovery_is_the_cores_decision_per_allowed_tpm() {
@@ -331,7 +328,7 @@ mod tests {
         let monitor = Monitor {
             policy: Policy::default(),
             host: host.roots.clone(),
-            inventory: Arc::new(Mutex::new(Inventory::new(2, Some(cdi::KIND.into())))),
+            inventory: SharedInventory::new(Inventory::new(2, Some(cdi::KIND.into()))),
             devices: tx,
             checker: checker.clone(),
             interval: Duration::from_millis(20),

@@ -3,7 +3,6 @@
 //! `GetPreferredAllocation`.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
@@ -17,13 +16,13 @@ use super::api::{
     DevicePluginOptions, Empty, ListAndWatchResponse, PreStartContainerRequest,
     PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse,
 };
-use super::inventory::Inventory;
+use super::inventory::SharedInventory;
 
 /// What the service reads: the inventory (for `Allocate`) and the device
 /// list the monitor publishes (for `ListAndWatch`).
 #[derive(Clone)]
 pub struct Service {
-    pub inventory: Arc<Mutex<Inventory>>,
+    pub inventory: SharedInventory,
     pub devices: watch::Receiver<Vec<Device>>,
 }
 
@@ -36,13 +35,6 @@ pub fn options() -> DevicePluginOptions {
 }
 
 type DeviceStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
-
-impl Service {
-    fn inventory(&self) -> std::sync::MutexGuard<'_, Inventory> {
-        // A panic elsewhere must not take the plugin down with it.
-        self.inventory.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 #[tonic::async_trait]
 impl DevicePlugin for Service {
@@ -70,7 +62,7 @@ impl DevicePlugin for Service {
         &self,
         request: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
-        let inventory = self.inventory();
+        let inventory = self.inventory.lock();
         let container_responses = request
             .get_ref()
             .container_requests
@@ -88,7 +80,7 @@ impl DevicePlugin for Service {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
-        let inventory = self.inventory();
+        let inventory = self.inventory.lock();
         let mut container_responses = Vec::new();
         for r in &request.get_ref().container_requests {
             match inventory.allocate(r) {

@@ -4,7 +4,6 @@
 //! dials the plugin back as the real one does.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
@@ -18,7 +17,7 @@ use super::api::registration_server::{Registration as KubeletRegistration, Regis
 use super::api::*;
 use super::health::TpmInfo;
 use super::inventory::tests_support::grant;
-use super::inventory::Inventory;
+use super::inventory::{Inventory, SharedInventory};
 use super::kubelet::{self, connect, Registration};
 use super::service::Service;
 use crate::testing::FakeHost;
@@ -42,7 +41,7 @@ fn service() -> (Service, watch::Sender<Vec<Device>>) {
     inventory.checked("tpmrm0", Ok(info()));
     let (tx, rx) = watch::channel(inventory.devices());
     let service = Service {
-        inventory: Arc::new(Mutex::new(inventory)),
+        inventory: SharedInventory::new(inventory),
         devices: rx,
     };
     (service, tx)
@@ -89,7 +88,7 @@ async fn the_kubelets_calls_over_a_unix_socket() {
     };
     assert_eq!(health(&first), ["tpmrm0-1 Healthy", "tpmrm0-2 Healthy"]);
     let devices = {
-        let mut inv = inventory.lock().unwrap();
+        let mut inv = inventory.lock();
         inv.checked("tpmrm0", Err("no answer within 5000 ms".into()));
         inv.devices()
     };
@@ -122,7 +121,7 @@ async fn the_kubelets_calls_over_a_unix_socket() {
         refused.message()
     );
 
-    inventory.lock().unwrap().checked("tpmrm0", Ok(info()));
+    inventory.lock().checked("tpmrm0", Ok(info()));
     let allocated = kubelet
         .allocate(AllocateRequest {
             container_requests: vec![ContainerAllocateRequest {
