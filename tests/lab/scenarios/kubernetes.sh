@@ -11,14 +11,14 @@
 # created, loaded, used to sign, the signature verified, as user 1000 with
 # the tss GID as a supplemental group); a pod that asks for nothing gets
 # nothing; a pod in tpm-other is refused and `kubectl describe pod` says why;
-# pods in tpm-other that claim tpm-demo in their own annotations are refused
-# (see namespace-spoof for which keys each engine lets a pod set). A pod
+# a pod in tpm-other that claims tpm-demo in every namespace key is refused
+# (namespace-spoof tries each key alone, for both engines, through CRI). A pod
 # whose refusal is seen is deleted at once: a refused pod is retried by the
 # kubelet as long as it exists, and on an emulated node every retry adds
 # minutes.
 # lab: needs cluster
 # lab: timeout 3000
-# lab: cost 1000 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 800 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/k8s-workloads.sh"
