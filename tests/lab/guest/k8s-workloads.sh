@@ -34,6 +34,16 @@ pod_outcome() {
     done
 }
 
+# assert_refused_by_namespace NS POD WHAT: within 10 minutes a warning event
+# from oci-tpm-hook refuses the pod by the policy's [kubernetes] namespaces;
+# the events stay in $REFUSAL for further checks.
+assert_refused_by_namespace() {
+    REFUSAL=$(pod_outcome "$1" "$2" 600)
+    printf '%s\n' "$REFUSAL"
+    assert_contains "$REFUSAL" "refused:" "$3's outcome"
+    assert_contains "$REFUSAL" 'may not ask for a TPM (policy [kubernetes] namespaces' "$3's events"
+}
+
 assert_tpm_in() {
     local ns="$1" target="$2" container="${3:-}" out random
     assert_ok kubectl -n "$ns" exec "$target" ${container:+-c "$container"} -- \
@@ -47,7 +57,7 @@ assert_tpm_in() {
 
 # The checks both runtimes share. $1: containerd or crio.
 check_workloads() {
-    local runtime="$1" outcome
+    local runtime="$1"
 
     step "$runtime: namespaces, then the test pod, the Deployment, a pod that asks for nothing"
     await_namespaces_gone
@@ -85,24 +95,18 @@ check_workloads() {
 
     step "$runtime: the pod in tpm-other is refused, and kubectl describe says why"
     apply "$EX/denied-pod.yaml"
-    outcome=$(pod_outcome tpm-other tpm-test 600)
-    printf '%s\n' "$outcome"
-    assert_contains "$outcome" "refused:" "the denied pod's outcome"
+    assert_refused_by_namespace tpm-other tpm-test "the denied pod"
     # The message names the namespace and the key it came from; in events
     # its quotes may be escaped.
-    assert_contains "$outcome" 'Kubernetes namespace' "its events"
-    assert_contains "$outcome" 'tpm-other' "its events"
-    assert_contains "$outcome" 'may not ask for a TPM (policy [kubernetes] namespaces' "its events"
+    assert_contains "$REFUSAL" 'Kubernetes namespace' "its events"
+    assert_contains "$REFUSAL" 'tpm-other' "its events"
     assert_ok kubectl -n tpm-other describe pod tpm-test
     assert_contains "$LAB_OUTPUT" "may not ask for a TPM" "kubectl describe pod"
     drop_pod tpm-other tpm-test
 
     step "$runtime: a pod in tpm-other that claims tpm-demo in its own annotations"
     apply "$SPOOF"
-    outcome=$(pod_outcome tpm-other spoof 600)
-    printf '%s\n' "$outcome"
-    assert_contains "$outcome" "refused:" "the spoofing pod's outcome"
-    assert_contains "$outcome" 'may not ask for a TPM (policy [kubernetes] namespaces' "its events"
+    assert_refused_by_namespace tpm-other spoof "the spoofing pod"
     drop_pod tpm-other spoof
 
     step "$runtime: clean up (the namespaces go while the scenario goes on)"
