@@ -495,7 +495,9 @@ fn self_test_as_the_process(
             .context("cannot become the container's process")?;
         let fd = dir
             .open_for_io(&plan.node)
-            .map_err(|e| anyhow!("as the container's process ({ran_as}): {e:#}"))?;
+            .map_err(|e| {
+                anyhow!("TPM self-test ({level}) from inside the container, as {ran_as}, could not start: {e:#}")
+            })?;
         let mut transport = tpm::DeviceTransport::from_fd(fd)?;
         let report = tpm::selftest::run(&mut transport, level, timeout).map_err(|e| {
             anyhow!("TPM self-test ({level}) from inside the container, as {ran_as}, failed: {e}")

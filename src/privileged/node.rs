@@ -374,6 +374,14 @@ impl NodeDir {
                 spec.minor
             ),
             Errno::EBUSY => anyhow!("{} is busy (EBUSY): another process holds this exclusive TPM device", spec.path.display()),
+            // The node is there but no driver answers to its numbers: the
+            // TPM was removed after the hook validated it.
+            Errno::ENXIO | Errno::ENODEV => anyhow!(
+                "cannot open {} in the container ({e}): no TPM answers to {}:{} any more; it went away from the host after it was validated (see ls /sys/class/tpmrm)",
+                spec.path.display(),
+                spec.major,
+                spec.minor
+            ),
             other => anyhow!("cannot open {} in the container: {other}", spec.path.display()),
         })?;
         let st = nix::sys::stat::fstat(&fd)?;

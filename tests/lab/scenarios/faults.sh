@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # faults: every way a request can fail ends with a clear message and no
 # half-made state: a missing device (required and optional), a hung TPM and a
-# TPM that went away (bounded), a bad annotation value, the exclusive tpm0,
+# TPM that went away, before the start or between validation and
+# self-test (bounded), a bad annotation value, the exclusive tpm0,
 # a runtime whose timeout for the hook is shorter than the self-test's, the
 # policy file rewritten while containers start, bpf(2) refusing the device
 # program's attach, and a TPM that answers every command with an error.
@@ -185,11 +186,13 @@ on_exit "cp /run/lab/hook-entry.json $hook_entry"
 step "bpf(2) refuses to attach the device program (as a security module would): refused, saying why; with required=false nothing of the grant is left"
 # strace's fault injection makes the hook's BPF_PROG_ATTACH fail with EPERM:
 # a traced run finds which of the hook's bpf(2) calls the attach is.
+declare -A attach_call=()
 for rt in runc crun; do
     hook_under_strace -qq -e trace=bpf -o "/run/lab/hook-bpf-$rt.trace"
     assert_ok timeout 120 podman run --rm --runtime "$rt" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
     attach_at=$(grep '^bpf(' "/run/lab/hook-bpf-$rt.trace" | grep -n 'BPF_PROG_ATTACH' | head -n1 | cut -d: -f1)
     [[ -n "$attach_at" ]] || fail "$rt: no BPF_PROG_ATTACH among the hook's bpf(2) calls: $(cat "/run/lab/hook-bpf-$rt.trace")"
+    attach_call[$rt]=$attach_at
     note "$rt: the hook's bpf(2) calls: $(grep -o '^bpf(BPF_[A-Z_]*' "/run/lab/hook-bpf-$rt.trace" | cut -c5- | tr '\n' ' ')(the attach is call $attach_at)"
     hook_under_strace -qq -e trace=bpf -e "inject=bpf:error=EPERM:when=$attach_at" -o "/run/lab/hook-bpf-$rt-refused.trace"
     mark_hook_log
@@ -216,9 +219,52 @@ assert_contains "$LAB_OUTPUT" "TPM_RC_INITIALIZE" "the refusal names the TPM's a
 note "the refusal: $(grep -o 'oci-tpm-hook: .*' <<<"$LAB_OUTPUT" | tail -n1)"
 assert_started_without_grant runc "an erring TPM, required=false"
 
-step "a TPM that went away (its swtpm ended): a clear failure"
+step "the TPM goes away between validation and self-test: the self-test refuses at once, saying so, and nothing is left"
+# The TPM answers again first (TPM2_Startup through its raw device), so that
+# a refusal below can only come from the TPM being gone.
+assert_ok tpm2_startup -c -T "device:/dev/tpm${name#tpmrm}"
+assert_ok tpm2_getrandom -T "device:$dev" --hex 8
+# strace holds the hook at its BPF_PROG_ATTACH (the cgroup rule: after the
+# device was validated and the node made, before the self-test) for 10 s
+# (the delay is in microseconds); meanwhile the swtpm ends and the kernel
+# removes the TPM. (The node is made by a helper the hook bounds to 2 s:
+# held there, the node step would fail instead.)
+hook_under_strace -qq -e trace=bpf -e "inject=bpf:delay_enter=10000000:when=${attach_call[runc]}" -o /run/lab/hook-vanish.trace
+# hook_held_at_attach: a hook process sits in bpf(BPF_PROG_ATTACH) (x86_64
+# syscall 321, command 8).
+hook_held_at_attach() {
+    local p call
+    for p in /proc/[0-9]*; do
+        [[ "$(cat "$p/comm" 2>/dev/null)" == oci-tpm-hook ]] || continue
+        call=$(cut -d' ' -f1,2 "$p/syscall" 2>/dev/null) || continue
+        [[ "$call" == "321 0x8" ]] && return 0
+    done
+    return 1
+}
+start=$(date +%s)
+timeout 120 podman run --rm --runtime runc --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true \
+    >/run/lab/vanish.out 2>&1 &
+run_pid=$!
+wait_for 60 "the hook to be held at its BPF_PROG_ATTACH" hook_held_at_attach
 kill -TERM "$swtpm_pid"
 wait_for 30 "$dev to disappear" bash -c "! test -e $dev"
+hook_held_at_attach || fail "the hook went on before the TPM was gone: the test proves nothing; raise the delay"
+note "$dev is gone while the hook waits to attach the device program"
+if wait "$run_pid"; then fail "the container started on a TPM that went away: $(cat /run/lab/vanish.out)"; fi
+took=$(( $(date +%s) - start ))
+hook_under_strace
+out=$(cat /run/lab/vanish.out)
+note "podman run failed after ${took} s: $(grep -o 'oci-tpm-hook: .*' <<<"$out" | tail -n1)"
+grep -q 'BPF_PROG_ATTACH.*DELAYED' /run/lab/hook-vanish.trace \
+    || fail "strace did not hold the hook's attach: $(cat /run/lab/hook-vanish.trace)"
+assert_contains "$out" "self-test" "the refusal names the self-test"
+assert_contains "$out" "$name" "the refusal names the device"
+assert_contains "$out" "went away from the host" "the refusal says what happened"
+assert_not_contains "$out" "no answer within" "the refusal is not a timeout"
+assert_not_contains "$out" "TPM_RC_INITIALIZE" "the refusal is not the earlier erring TPM's"
+assert_not_contains "$out" "panicked" "the refusal"
+
+step "a TPM that went away before the start: refused by the validation"
 assert_refused "host has no TPM device $name" --annotation "oci-tpm-hook/device=$name" "$LAB_IMAGE" true
 
 step "nothing half-made: no container is left behind by the failures"
