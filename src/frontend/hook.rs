@@ -6,10 +6,13 @@
 //! whether it could open the node at all (refused here, before anything
 //! changes) → the node inside the rootfs (refuses what the image planted)
 //! → the device-cgroup rule (unless the spec already allows the device) →
-//! the self-test, run as the container's process from inside its cgroup and
-//! namespaces → one outcome event. When a step after the first change
-//! fails, everything done so far is taken back: a refused or abandoned
-//! grant leaves no node and no rule behind.
+//! the container's systemd unit told about the device (when the hook added
+//! the rule and systemd keeps a device list for the unit: its rules decide
+//! too, and a `systemctl daemon-reload` re-applies them) → the self-test,
+//! run as the container's process from inside its cgroup and namespaces →
+//! one outcome event. When a step after the first change fails, everything
+//! done so far is taken back: a refused or abandoned grant leaves no node,
+//! no rule and no entry in the unit behind.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -32,6 +35,7 @@ use crate::oci::state::ContainerState;
 use crate::privileged::container::ContainerProcess;
 use crate::privileged::credentials::{self, RanAs};
 use crate::privileged::node::{self, NodeMethod, NodeOutcome, NodeSpec};
+use crate::privileged::systemd;
 use devcgroup::{ContainerCgroup, DeviceAccess, DeviceGrant};
 use tpm2_selftest::{self as tpm, SelfTestLevel, SelfTestReport};
 
@@ -43,6 +47,10 @@ const SELF_TEST_MARGIN: Duration = Duration::from_secs(1);
 /// What the hook keeps of the runtime's timeout for undoing its work after
 /// a failed self-test and for exiting.
 const HOOK_RESERVE: Duration = Duration::from_millis(1500);
+/// Bound on each D-Bus call to systemd, and on the helper that makes them
+/// (connect, read the unit's list, add to it, read it back).
+const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(2);
+const SYSTEMD_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Below this the self-test cannot be meaningful.
 const MIN_SELF_TEST: Duration = Duration::from_millis(200);
 
@@ -65,6 +73,9 @@ pub struct Delivery {
     /// The node's group in the container.
     pub node_gid: u32,
     pub cgroup: String,
+    /// What the container's systemd unit knows of the device (see
+    /// [`systemd`]), or why it could not be told.
+    pub systemd: String,
     pub node: NodeOutcome,
     /// Who the self-test ran as, and what it found.
     pub self_test: Option<SelfTested>,
@@ -95,6 +106,7 @@ pub struct Phases {
     pub node_ms: u64,
     pub cgroup_ms: u64,
     pub self_test_ms: u64,
+    pub systemd_ms: u64,
 }
 
 /// The answer of the child that ran the self-test as the container's
@@ -405,6 +417,7 @@ fn deliver(
     let node = make_node(&process, &plan)?;
     phases.node_ms = ms(t);
     let mut rule: Option<DeviceGrant> = None;
+    let mut in_unit: Option<systemd::ReloadOutcome> = None;
     let outcome = (|| {
         let t = Instant::now();
         let cgroup_outcome = if plan.rule_in_spec {
@@ -417,24 +430,72 @@ fn deliver(
             shown
         };
         phases.cgroup_ms = ms(t);
+        // A rule in the spec reached the unit through the runtime already.
+        let t = Instant::now();
+        let unit = if plan.rule_in_spec {
+            "rule in the spec".to_owned()
+        } else {
+            tell_systemd(&process, &cgroup, grant, &mut in_unit)
+        };
+        phases.systemd_ms = ms(t);
         let t = Instant::now();
         let self_test = self_test_as_the_process(&process, &cgroup, &plan, grant.self_test)?;
         phases.self_test_ms = ms(t);
-        Ok((cgroup_outcome, self_test))
+        Ok((cgroup_outcome, unit, self_test))
     })();
     match outcome {
-        Ok((cgroup_outcome, self_test)) => Ok(Delivery {
+        Ok((cgroup_outcome, systemd, self_test)) => Ok(Delivery {
             grant: grant.clone(),
             node_gid: plan.node.gid,
             cgroup: format!("{} {cgroup_outcome}", cgroup.version()),
+            systemd,
             node,
             self_test,
             duration: started.elapsed(),
             phases,
         }),
         Err(e) => {
-            take_back(&process, &plan, node, rule);
+            take_back(&process, &plan, node, rule, in_unit);
             Err(e)
+        }
+    }
+}
+
+/// The container's systemd unit gets the device in its own rules (see
+/// [`systemd`]); what was added is left in `added` for [`take_back`]. Not
+/// being able to tell systemd does not stop a grant that works without it:
+/// it is logged as a warning, because the TPM then lasts only until systemd
+/// re-applies the unit's device rules. (Where systemd's rules decide now,
+/// the self-test that follows fails instead.)
+fn tell_systemd(
+    process: &ContainerProcess,
+    cgroup: &ContainerCgroup,
+    grant: &Grant,
+    added: &mut Option<systemd::ReloadOutcome>,
+) -> String {
+    let Some(unit) = systemd::unit_to_tell(cgroup.device_dir()) else {
+        return systemd::ReloadOutcome::NoUnit.to_string();
+    };
+    let d = &grant.device;
+    // In a child of the hook, on the host: D-Bus brings threads.
+    let told = process.run(SYSTEMD_STEP_TIMEOUT, |_| {
+        systemd::allow_in_unit(unit, &d.path, d.major, d.minor, SYSTEMD_TIMEOUT)
+    });
+    match told {
+        Ok(outcome) => {
+            let shown = outcome.to_string();
+            *added = Some(outcome);
+            shown
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::warn!(
+                error = %e,
+                device = %d.path.display(),
+                "could not add the TPM to the container's systemd unit: the container has the TPM \
+                 until systemd re-applies the unit's device rules (systemctl daemon-reload)"
+            );
+            format!("not told: {e}")
         }
     }
 }
@@ -446,7 +507,7 @@ fn make_node(process: &ContainerProcess, plan: &Plan) -> anyhow::Result<NodeOutc
     })
 }
 
-/// Undoes an abandoned grant: the rule first (so nothing can open the
+/// Undoes an abandoned grant: the rules first (so nothing can open the
 /// device any more), then the node. Failures here are logged; the error
 /// that made the hook give up is the one the user sees.
 fn take_back(
@@ -454,11 +515,17 @@ fn take_back(
     plan: &Plan,
     node: NodeOutcome,
     rule: Option<DeviceGrant>,
+    in_unit: Option<systemd::ReloadOutcome>,
 ) {
     if let Some(rule) = rule {
         if let Err(e) = rule.revoke() {
             tracing::error!(error = %format!("{e:#}"), "could not take back the device-cgroup rule");
         }
+    }
+    let unit_undone =
+        in_unit.map(|u| process.run(SYSTEMD_STEP_TIMEOUT, |_| u.take_back(SYSTEMD_TIMEOUT)));
+    if let Some(Err(e)) = unit_undone {
+        tracing::error!(error = %format!("{e:#}"), "could not take back the device from the systemd unit");
     }
     let undone = process.run(NODE_STEP_TIMEOUT, |p| {
         p.enter_mount_namespace()?;
@@ -535,6 +602,7 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
         major_minor = %format!("{}:{}", d.grant.device.major, d.grant.device.minor),
         gid = d.node_gid,
         cgroup = %d.cgroup,
+        systemd = %d.systemd,
         node = ?d.node,
         self_test = %d.grant.self_test,
         self_test_result = if d.self_test.is_some() { "passed" } else { "skipped" },
@@ -552,6 +620,7 @@ fn log_delivery(subject: &Subject, d: &Delivery) {
         node_ms = d.phases.node_ms,
         cgroup_ms = d.phases.cgroup_ms,
         self_test_ms = d.phases.self_test_ms,
+        systemd_ms = d.phases.systemd_ms,
         "TPM delivered"
     );
 }

@@ -39,7 +39,8 @@
 //! shows only `a *:* rwm`, hiding any deny exceptions, and is reported as
 //! unrestricted; a runtime or systemd that later
 //! re-applies its own rules (`runc update`, `systemctl daemon-reload`) drops
-//! the grant — the spec-editing front-ends avoid that.
+//! the grant unless its own list holds the device too — the spec-editing
+//! front-ends put it there through the spec, the hook tells systemd.
 //!
 //! On hardened hosts (`net.core.bpf_jit_harden=2`) the kernel hands back
 //! programs with blinded constants; [`bpf::unblind`] folds them back first.

@@ -61,7 +61,7 @@ phase() { sed -n "s/.*TPM delivered.* $1=\([0-9]*\).*/\1/p" /run/lab/bench-hook-
 phase duration_ms >/run/lab/bench-delivery
 [[ -s /run/lab/bench-delivery ]] || fail "no deliveries in the hook log"
 echo "BENCH hook delivery (state to self-tested node, from the hook's log): median $(median </run/lab/bench-delivery) ms over $(wc -l </run/lab/bench-delivery) containers"
-for p in startup_ms plan_ms state_ms decide_ms spec_ms attach_ms node_ms cgroup_ms self_test_ms; do
+for p in startup_ms plan_ms state_ms decide_ms spec_ms attach_ms node_ms cgroup_ms systemd_ms self_test_ms; do
     printf '%s ' "${p%_ms} $(phase "$p" | median) ms"
 done | sed 's/^/BENCH hook delivery by phase (medians): /; s/ $//'
 echo

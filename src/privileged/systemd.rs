@@ -1,0 +1,350 @@
+//! Keeping a hook-made device rule across a systemd reload.
+//!
+//! With the systemd cgroup driver (runc, crun, podman's `cgroup_manager =
+//! "systemd"`, the kubelet's `cgroupDriver: systemd`) the container's cgroup
+//! is a systemd unit, usually a scope. When that unit carries a device list
+//! (`DevicePolicy=` other than `auto`, or any `DeviceAllow=`), systemd
+//! rewrites the cgroup's device rules from it whenever it re-applies the
+//! unit — `systemctl daemon-reload` among others — and a rule the hook added
+//! on its own is gone: the container loses its TPM while it runs.
+//!
+//! So the hook tells systemd about the device too: the unit's
+//! `DeviceAllow=` gains the TPM (`SetUnitProperties`, runtime only, over the
+//! D-Bus system bus), and systemd's rules include it each time it
+//! re-applies them. This happens before the self-test, because systemd's
+//! rules may already decide now: crun runs the container's process in a
+//! child of its scope, and the scope's own device program, systemd's, must
+//! allow the TPM too. An abandoned grant puts the unit's list back as it
+//! was. A unit without a device list is left alone: systemd imposes no
+//! device rules on it, so a reload keeps the grant, and giving it a first
+//! `DeviceAllow=` would switch on systemd's allow-list and cut off the
+//! container's other devices.
+//!
+//! zbus runs threads of its own, and the hook must stay single-threaded to
+//! fork its helpers (see [`super::container`]): callers run these calls in
+//! a forked child.
+//!
+//! Not covered: a runtime that itself resets the unit's list later
+//! (`runc update`), which the spec-editing front-ends avoid.
+
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use zbus::blocking::{connection, proxy, Connection, Proxy};
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{OwnedObjectPath, Value};
+
+/// Present while systemd is the init system (sd_booted(3)).
+const SYSTEMD_RUNNING: &str = "/run/systemd/system";
+const DESTINATION: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+
+/// What became of the unit's device list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReloadOutcome {
+    /// systemd does not run, or the cgroup is not one of its units (the
+    /// cgroupfs driver): nothing re-applies rules behind the hook's back.
+    NoUnit,
+    /// The unit has no device list: a reload leaves the grant in place.
+    Unrestricted { unit: String },
+    /// The unit's list already allows the device.
+    AlreadyListed { unit: String },
+    /// The device was added to the unit's `DeviceAllow=`, which was
+    /// `previous` before (kept to take the addition back).
+    Added {
+        unit: String,
+        previous: Vec<(String, String)>,
+    },
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadOutcome::NoUnit => f.write_str("no systemd unit"),
+            ReloadOutcome::Unrestricted { unit } => write!(f, "{unit} has no device list"),
+            ReloadOutcome::AlreadyListed { unit } => write!(f, "{unit} lists the device"),
+            ReloadOutcome::Added { unit, .. } => write!(f, "added to DeviceAllow of {unit}"),
+        }
+    }
+}
+
+impl ReloadOutcome {
+    /// Undoes [`ReloadOutcome::Added`]: the unit's list as it was before
+    /// (systemd can only append to a list or empty it, so: empty, then the
+    /// old entries, in one call). Nothing to do for the other outcomes.
+    pub fn take_back(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ReloadOutcome::Added { unit, previous } = self else {
+            return Ok(());
+        };
+        let empty: Vec<(&str, &str)> = Vec::new();
+        // systemd puts each new entry first and reports the list in its
+        // own order, so the old entries go back in reverse to come out the same.
+        let old: Vec<(&str, &str)> = previous
+            .iter()
+            .rev()
+            .map(|(p, r)| (p.as_str(), r.as_str()))
+            .collect();
+        let mut properties = vec![("DeviceAllow", Value::new(empty))];
+        if !old.is_empty() {
+            properties.push(("DeviceAllow", Value::new(old)));
+        }
+        Systemd::connect(timeout)?
+            .set_properties(unit, properties)
+            .with_context(|| format!("cannot put back DeviceAllow= of {unit}"))
+    }
+}
+
+/// The systemd unit whose cgroup is `cgroup_dir` (or holds it: crun puts
+/// the container's process in a `container` child of its scope): the
+/// innermost path component named like a unit that can hold processes.
+/// `None` for cgroups no unit owns, e.g. those of the cgroupfs driver.
+pub fn unit_of_cgroup(cgroup_dir: &Path) -> Option<String> {
+    let names: Vec<&str> = cgroup_dir
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => n.to_str(),
+            _ => None,
+        })
+        .collect();
+    for name in names.iter().rev() {
+        if name.ends_with(".slice") {
+            // Slices hold no processes; a unit would sit below one.
+            return None;
+        }
+        let named_unit = [".scope", ".service"]
+            .iter()
+            .any(|s| name.strip_suffix(s).is_some_and(|stem| !stem.is_empty()));
+        if named_unit {
+            return Some((*name).to_owned());
+        }
+    }
+    None
+}
+
+/// A unit's device settings as systemd holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList {
+    /// `DevicePolicy=`: `auto`, `closed` or `strict`.
+    pub policy: String,
+    /// `DeviceAllow=`: a path (or `char-*`/`block-*` class) and rights.
+    pub allowed: Vec<(String, String)>,
+}
+
+impl DeviceList {
+    /// Whether systemd's rules for the unit keep `device` (`/dev/...`,
+    /// numbers `major:minor`) open for reading and writing when it
+    /// re-applies them: `None` when systemd imposes no device rules on the
+    /// unit at all.
+    pub fn allows(&self, device: &Path, major: u32, minor: u32) -> Option<bool> {
+        if self.policy == "auto" && self.allowed.is_empty() {
+            return None;
+        }
+        let by_numbers = format!("/dev/char/{major}:{minor}");
+        Some(self.allowed.iter().any(|(path, rights)| {
+            (Path::new(path) == device || *path == by_numbers)
+                && rights.contains('r')
+                && rights.contains('w')
+        }))
+    }
+}
+
+/// The systemd unit that owns `cgroup_dir`, when systemd runs and the
+/// cgroup is one of its units' (checked without D-Bus, so that containers
+/// of the cgroupfs driver cost nothing).
+pub fn unit_to_tell(cgroup_dir: &Path) -> Option<String> {
+    let unit = unit_of_cgroup(cgroup_dir)?;
+    Path::new(SYSTEMD_RUNNING).exists().then_some(unit)
+}
+
+/// Makes sure systemd's own rules for `unit` let the container use `device`
+/// (host path and numbers), now and after a reload.
+pub fn allow_in_unit(
+    unit: String,
+    device: &Path,
+    major: u32,
+    minor: u32,
+    timeout: Duration,
+) -> anyhow::Result<ReloadOutcome> {
+    let systemd = Systemd::connect(timeout)?;
+    let Some(list) = systemd.device_list(&unit)? else {
+        return Ok(ReloadOutcome::NoUnit);
+    };
+    match list.allows(device, major, minor) {
+        None => return Ok(ReloadOutcome::Unrestricted { unit }),
+        Some(true) => return Ok(ReloadOutcome::AlreadyListed { unit }),
+        Some(false) => {}
+    }
+    let path = device
+        .to_str()
+        .with_context(|| format!("device path {} is not UTF-8", device.display()))?;
+    systemd
+        .set_properties(&unit, vec![("DeviceAllow", Value::new(vec![(path, "rw")]))])
+        .with_context(|| format!("systemd refused to add {path} to DeviceAllow= of {unit}"))?;
+    let added = ReloadOutcome::Added {
+        unit: unit.clone(),
+        previous: list.allowed,
+    };
+    // Read back: the answer also comes after systemd has re-applied the
+    // unit's cgroup settings (it does so before it reads the next message),
+    // so the self-test that follows sees systemd's new rules.
+    let now = systemd.device_list(&unit)?;
+    if now.and_then(|l| l.allows(device, major, minor)) != Some(true) {
+        added.take_back(timeout).ok();
+        bail!("systemd accepted {path} for DeviceAllow= of {unit} but does not list it");
+    }
+    Ok(added)
+}
+
+struct Systemd {
+    conn: Connection,
+}
+
+impl Systemd {
+    fn connect(timeout: Duration) -> anyhow::Result<Systemd> {
+        // The system bus, as systemd's cgroup drivers in runc, crun and
+        // podman use it. (Not systemd's private socket: zbus rejects the
+        // messages systemd sends there, which carry no valid sender.)
+        let conn = connection::Builder::system()
+            .and_then(|b| b.method_timeout(timeout).build())
+            .context("cannot connect to systemd through the D-Bus system bus")?;
+        Ok(Systemd { conn })
+    }
+
+    fn proxy<'a>(&'a self, path: &'a str, interface: &'a str) -> anyhow::Result<Proxy<'a>> {
+        Ok(proxy::Builder::new(&self.conn)
+            .destination(DESTINATION)?
+            .path(path)?
+            .interface(interface)?
+            .cache_properties(CacheProperties::No)
+            .build()?)
+    }
+
+    /// The unit's `DevicePolicy=` and `DeviceAllow=`; `None` when systemd
+    /// has no such unit.
+    fn device_list(&self, unit: &str) -> anyhow::Result<Option<DeviceList>> {
+        let manager = self.proxy(MANAGER_PATH, MANAGER)?;
+        let path: OwnedObjectPath = match manager.call("GetUnit", &(unit,)) {
+            Ok(path) => path,
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_UNIT => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot ask systemd for unit {unit}")),
+        };
+        let interface = unit_interface(unit)?;
+        let properties = self.proxy(path.as_str(), interface)?;
+        let read = |name: &str| format!("cannot read {name}= of systemd unit {unit}");
+        let policy: String = properties
+            .get_property("DevicePolicy")
+            .with_context(|| read("DevicePolicy"))?;
+        let allowed: Vec<(String, String)> = properties
+            .get_property("DeviceAllow")
+            .with_context(|| read("DeviceAllow"))?;
+        Ok(Some(DeviceList { policy, allowed }))
+    }
+
+    /// Sets properties of the unit until it ends (`runtime`: nothing is
+    /// written under /etc).
+    fn set_properties(&self, unit: &str, properties: Vec<(&str, Value<'_>)>) -> anyhow::Result<()> {
+        let manager = self.proxy(MANAGER_PATH, MANAGER)?;
+        manager.call::<_, _, ()>("SetUnitProperties", &(unit, true, properties))?;
+        Ok(())
+    }
+}
+
+/// The D-Bus interface that carries a unit's cgroup settings.
+fn unit_interface(unit: &str) -> anyhow::Result<&'static str> {
+    if unit.ends_with(".scope") {
+        Ok("org.freedesktop.systemd1.Scope")
+    } else if unit.ends_with(".service") {
+        Ok("org.freedesktop.systemd1.Service")
+    } else {
+        bail!("{unit} is neither a scope nor a service")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_is_the_innermost_scope_or_service() {
+        let cases = [
+            ("/sys/fs/cgroup/machine.slice/libpod-abc.scope", Some("libpod-abc.scope")),
+            // crun: the process sits in a child of its scope.
+            ("/sys/fs/cgroup/machine.slice/libpod-abc.scope/container", Some("libpod-abc.scope")),
+            (
+                "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope",
+                Some("cri-containerd-abc.scope"),
+            ),
+            ("/sys/fs/cgroup/devices/system.slice/docker-abc.scope", Some("docker-abc.scope")),
+            ("/sys/fs/cgroup/system.slice/tpm-app.service", Some("tpm-app.service")),
+            // The cgroupfs driver: no unit.
+            ("/sys/fs/cgroup/libpod_parent/libpod-abc", None),
+            ("/sys/fs/cgroup/kubepods/besteffort/pod1/abc", None),
+            // A container cgroup under a slice but not itself a unit.
+            ("/sys/fs/cgroup/machine.slice/abc", None),
+            ("/sys/fs/cgroup/.scope", None),
+        ];
+        for (dir, want) in cases {
+            assert_eq!(unit_of_cgroup(Path::new(dir)).as_deref(), want, "{dir}");
+        }
+    }
+
+    fn list(policy: &str, entries: &[(&str, &str)]) -> DeviceList {
+        DeviceList {
+            policy: policy.to_owned(),
+            allowed: entries
+                .iter()
+                .map(|(p, r)| (p.to_string(), r.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_unit_without_a_device_list_imposes_nothing() {
+        let tpm = Path::new("/dev/tpmrm0");
+        assert_eq!(list("auto", &[]).allows(tpm, 253, 65536), None);
+        // Any other policy is an allow-list, even an empty one.
+        assert_eq!(list("strict", &[]).allows(tpm, 253, 65536), Some(false));
+        assert_eq!(list("closed", &[]).allows(tpm, 253, 65536), Some(false));
+    }
+
+    #[test]
+    fn the_device_counts_as_listed_by_path_or_numbers_with_read_and_write() {
+        let tpm = Path::new("/dev/tpmrm0");
+        let runc_like = list("strict", &[("/dev/char/1:3", "rwm"), ("char-pts", "rwm")]);
+        assert_eq!(runc_like.allows(tpm, 253, 65536), Some(false));
+        for listed in [
+            list("strict", &[("/dev/char/1:3", "rwm"), ("/dev/tpmrm0", "rw")]),
+            list("strict", &[("/dev/char/253:65536", "rwm")]),
+        ] {
+            assert_eq!(listed.allows(tpm, 253, 65536), Some(true), "{listed:?}");
+        }
+        // Read-only is not enough, and another device's numbers are not it.
+        assert_eq!(
+            list("auto", &[("/dev/tpmrm0", "r")]).allows(tpm, 253, 65536),
+            Some(false)
+        );
+        assert_eq!(
+            list("strict", &[("/dev/char/253:1", "rw")]).allows(tpm, 253, 65536),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn scopes_and_services_have_their_own_interfaces() {
+        assert_eq!(
+            unit_interface("a.scope").unwrap(),
+            "org.freedesktop.systemd1.Scope"
+        );
+        assert_eq!(
+            unit_interface("a.service").unwrap(),
+            "org.freedesktop.systemd1.Service"
+        );
+        assert!(unit_interface("a.slice").is_err());
+    }
+}
