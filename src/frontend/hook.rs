@@ -335,14 +335,24 @@ fn self_test_budget(
         .saturating_sub(elapsed)
         .saturating_sub(NODE_STEP_TIMEOUT + SELF_TEST_MARGIN + HOOK_RESERVE);
     if left < MIN_SELF_TEST.min(policy) {
+        let overhead = NODE_STEP_TIMEOUT + SELF_TEST_MARGIN + HOOK_RESERVE;
+        // Time gone before the hook could begin counts too: on a loaded host
+        // the runtime's clock runs from the hook's fork.
+        let late = if elapsed >= Duration::from_secs(1) {
+            format!(
+                ", and {:.1} s of it had passed before the hook could begin (a loaded host)",
+                elapsed.as_secs_f64()
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "the runtime gives the hook only {} s (the \"timeout\" of its hooks.d entry), too little for a self-test \
-             of up to {} ms: raise that timeout to at least {} s or lower [self-test] timeout-ms",
+            "the runtime gives the hook only {} s (the \"timeout\" of its hooks.d entry, or of the hook a \
+             front-end added from [self-test] timeout-ms){late}, too little for a self-test of up to {} ms: \
+             raise that timeout to at least {} s or lower [self-test] timeout-ms",
             limit.as_secs(),
             policy.as_millis(),
-            (policy + NODE_STEP_TIMEOUT + SELF_TEST_MARGIN + HOOK_RESERVE)
-                .as_secs()
-                .saturating_add(1)
+            (elapsed + policy + overhead).as_secs().saturating_add(1)
         );
     }
     Ok(policy.min(left))
@@ -666,6 +676,17 @@ mod tests {
             .to_string();
         assert!(
             err.contains("only 3 s") && err.contains("at least 10 s"),
+            "{err}"
+        );
+        assert!(!err.contains("had passed"), "{err}");
+        // Late by 8 s (a loaded host): the advice counts those too.
+        let err = self_test_budget(five, Some(Duration::from_secs(10)), Duration::from_secs(8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("only 10 s")
+                && err.contains("8.0 s of it had passed")
+                && err.contains("at least 18 s"),
             "{err}"
         );
     }
