@@ -292,7 +292,7 @@ start_swtpm() {
 start_vm() {
     local root="$1" image="$2" kernel guest_cmd
     kernel=$(ls "$root"/boot/vmlinuz-* | head -n1)
-    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_FIXTURE_TIMEOUT=$LAB_FIXTURE_TIMEOUT ${LAB_LOAD_CONTAINERS:+LAB_LOAD_CONTAINERS=$LAB_LOAD_CONTAINERS }LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
+    guest_cmd="LAB_SCENARIO_TIMEOUT=$LAB_SCENARIO_TIMEOUT LAB_FIXTURE_TIMEOUT=$LAB_FIXTURE_TIMEOUT ${LAB_LOAD_CONTAINERS:+LAB_LOAD_CONTAINERS=$LAB_LOAD_CONTAINERS }${LAB_LOAD_ENGINES:+LAB_LOAD_ENGINES=$LAB_LOAD_ENGINES }LAB_SCENARIO_DIR=$LAB_SCENARIO_DIR /lab/repo/tests/lab/guest/run-scenarios.sh ${SCENARIOS[*]}"
     # setsid: vng and its qemu get their own process group, which we stop as a whole.
     setsid vng --run "$kernel" --root "$root" \
         --disable-kvm --disable-microvm --verbose \
