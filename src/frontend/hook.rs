@@ -47,9 +47,8 @@ const SELF_TEST_MARGIN: Duration = Duration::from_secs(1);
 /// What the hook keeps of the runtime's timeout for undoing its work after
 /// a failed self-test and for exiting.
 const HOOK_RESERVE: Duration = Duration::from_millis(1500);
-/// Bound on each D-Bus call to systemd, and on the helper that makes them
-/// (connect, read the unit's list, add to it, read it back).
-const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on the helper that talks to systemd (connect, read the unit's
+/// list, add to it, read it back; each call bounded by the module itself).
 const SYSTEMD_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Below this the self-test cannot be meaningful.
 const MIN_SELF_TEST: Duration = Duration::from_millis(200);
@@ -489,12 +488,15 @@ fn tell_systemd(
     let d = &grant.device;
     // In a child of the hook, on the host: D-Bus brings threads.
     let told = process.run(SYSTEMD_STEP_TIMEOUT, |_| {
-        systemd::allow_in_unit(unit, &d.path, d.major, d.minor, SYSTEMD_TIMEOUT)
+        systemd::allow_in_unit(unit, &d.path, d.major, d.minor)
     });
     match told {
         Ok(outcome) => {
             let shown = outcome.to_string();
-            *added = Some(outcome);
+            // Only an addition has something to take back.
+            if matches!(outcome, systemd::ReloadOutcome::Added { .. }) {
+                *added = Some(outcome);
+            }
             shown
         }
         Err(e) => {
@@ -532,8 +534,7 @@ fn take_back(
             tracing::error!(error = %format!("{e:#}"), "could not take back the device-cgroup rule");
         }
     }
-    let unit_undone =
-        in_unit.map(|u| process.run(SYSTEMD_STEP_TIMEOUT, |_| u.take_back(SYSTEMD_TIMEOUT)));
+    let unit_undone = in_unit.map(|u| process.run(SYSTEMD_STEP_TIMEOUT, |_| u.take_back()));
     if let Some(Err(e)) = unit_undone {
         tracing::error!(error = %format!("{e:#}"), "could not take back the device from the systemd unit");
     }

@@ -42,6 +42,14 @@ const DESTINATION: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+/// The unit types that hold processes (and so containers), by name suffix,
+/// with the D-Bus interface that carries their cgroup settings.
+const UNIT_TYPES: [(&str, &str); 2] = [
+    (".scope", "org.freedesktop.systemd1.Scope"),
+    (".service", "org.freedesktop.systemd1.Service"),
+];
+/// Bound on each D-Bus call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What became of the unit's device list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +84,7 @@ impl ReloadOutcome {
     /// Undoes [`ReloadOutcome::Added`]: the unit's list as it was before
     /// (systemd can only append to a list or empty it, so: empty, then the
     /// old entries, in one call). Nothing to do for the other outcomes.
-    pub fn take_back(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub fn take_back(&self) -> anyhow::Result<()> {
         let ReloadOutcome::Added { unit, previous } = self else {
             return Ok(());
         };
@@ -92,7 +100,7 @@ impl ReloadOutcome {
         if !old.is_empty() {
             properties.push(("DeviceAllow", Value::new(old)));
         }
-        Systemd::connect(timeout)?
+        Systemd::connect()?
             .set_properties(unit, properties)
             .with_context(|| format!("cannot put back DeviceAllow= of {unit}"))
     }
@@ -102,7 +110,7 @@ impl ReloadOutcome {
 /// the container's process in a `container` child of its scope): the
 /// innermost path component named like a unit that can hold processes.
 /// `None` for cgroups no unit owns, e.g. those of the cgroupfs driver.
-pub fn unit_of_cgroup(cgroup_dir: &Path) -> Option<String> {
+fn unit_of_cgroup(cgroup_dir: &Path) -> Option<String> {
     let names: Vec<&str> = cgroup_dir
         .components()
         .filter_map(|c| match c {
@@ -115,10 +123,7 @@ pub fn unit_of_cgroup(cgroup_dir: &Path) -> Option<String> {
             // Slices hold no processes; a unit would sit below one.
             return None;
         }
-        let named_unit = [".scope", ".service"]
-            .iter()
-            .any(|s| name.strip_suffix(s).is_some_and(|stem| !stem.is_empty()));
-        if named_unit {
+        if unit_interface(name).is_some() {
             return Some((*name).to_owned());
         }
     }
@@ -167,9 +172,8 @@ pub fn allow_in_unit(
     device: &Path,
     major: u32,
     minor: u32,
-    timeout: Duration,
 ) -> anyhow::Result<ReloadOutcome> {
-    let systemd = Systemd::connect(timeout)?;
+    let systemd = Systemd::connect()?;
     let Some(list) = systemd.device_list(&unit)? else {
         return Ok(ReloadOutcome::NoUnit);
     };
@@ -193,7 +197,7 @@ pub fn allow_in_unit(
     // so the self-test that follows sees systemd's new rules.
     let now = systemd.device_list(&unit)?;
     if now.and_then(|l| l.allows(device, major, minor)) != Some(true) {
-        added.take_back(timeout).ok();
+        added.take_back().ok();
         bail!("systemd accepted {path} for DeviceAllow= of {unit} but does not list it");
     }
     Ok(added)
@@ -204,12 +208,12 @@ struct Systemd {
 }
 
 impl Systemd {
-    fn connect(timeout: Duration) -> anyhow::Result<Systemd> {
+    fn connect() -> anyhow::Result<Systemd> {
         // The system bus, as systemd's cgroup drivers in runc, crun and
         // podman use it. (Not systemd's private socket: zbus rejects the
         // messages systemd sends there, which carry no valid sender.)
         let conn = connection::Builder::system()
-            .and_then(|b| b.method_timeout(timeout).build())
+            .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
             .context("cannot connect to systemd through the D-Bus system bus")?;
         Ok(Systemd { conn })
     }
@@ -234,7 +238,8 @@ impl Systemd {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot ask systemd for unit {unit}")),
         };
-        let interface = unit_interface(unit)?;
+        let interface = unit_interface(unit)
+            .with_context(|| format!("{unit} is neither a scope nor a service"))?;
         let properties = self.proxy(path.as_str(), interface)?;
         let read = |name: &str| format!("cannot read {name}= of systemd unit {unit}");
         let policy: String = properties
@@ -255,15 +260,14 @@ impl Systemd {
     }
 }
 
-/// The D-Bus interface that carries a unit's cgroup settings.
-fn unit_interface(unit: &str) -> anyhow::Result<&'static str> {
-    if unit.ends_with(".scope") {
-        Ok("org.freedesktop.systemd1.Scope")
-    } else if unit.ends_with(".service") {
-        Ok("org.freedesktop.systemd1.Service")
-    } else {
-        bail!("{unit} is neither a scope nor a service")
-    }
+/// The D-Bus interface that carries the cgroup settings of `unit`, when it
+/// is named like a unit that holds processes.
+fn unit_interface(unit: &str) -> Option<&'static str> {
+    UNIT_TYPES.iter().find_map(|(suffix, interface)| {
+        unit.strip_suffix(suffix)
+            .is_some_and(|stem| !stem.is_empty())
+            .then_some(*interface)
+    })
 }
 
 #[cfg(test)]
@@ -345,6 +349,6 @@ mod tests {
             unit_interface("a.service").unwrap(),
             "org.freedesktop.systemd1.Service"
         );
-        assert!(unit_interface("a.slice").is_err());
+        assert!(unit_interface("a.slice").is_none());
     }
 }
