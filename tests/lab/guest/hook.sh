@@ -89,3 +89,27 @@ assert_refused() {
         assert_contains "$LAB_OUTPUT" "$expected" "podman ($rt) output"
     done
 }
+
+# hook_under_strace [STRACE-ARGS...]: the hooks.d entry (install_hooks_dir)
+# runs the hook under strace with these options (-f to follow the hook's
+# helpers too); with no arguments, the hook itself again. The entry is put
+# back when the scenario exits.
+HOOK_ENTRY_SAVED=/run/lab/hook-entry.json
+HOOK_ENTRY_KEPT=""
+hook_under_strace() {
+    local entry="$LAB_HOOKS_DIR/oci-tpm-hook.json"
+    if [[ -z "$HOOK_ENTRY_KEPT" ]]; then
+        cp "$entry" "$HOOK_ENTRY_SAVED"
+        on_exit "cp $HOOK_ENTRY_SAVED $entry"
+        HOOK_ENTRY_KEPT=1
+    fi
+    if [[ $# -eq 0 ]]; then
+        cp "$HOOK_ENTRY_SAVED" "$entry"
+        return 0
+    fi
+    # (Not jq --args: it would read strace's options as its own.)
+    jq --arg hook "$HOOK_BIN" --argjson extra "$(printf '%s\n' "$@" | jq -R . | jq -sc .)" \
+        '.hook.path = "/usr/bin/strace" | .hook.args = (["strace"] + $extra + [$hook])' \
+        "$HOOK_ENTRY_SAVED" >"$entry.new"
+    mv "$entry.new" "$entry"
+}

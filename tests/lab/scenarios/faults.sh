@@ -165,23 +165,6 @@ done
 note "$granted granted, $refused refused"
 assert_eq "" "$(podman ps -aq --filter name=flip-)" "flip containers left"
 
-# hook_under_strace [STRACE-ARGS...]: the hooks.d entry runs the hook under
-# strace (no -f: the hook's own calls, not its self-test child's); with no
-# arguments, the hook itself again.
-hook_entry="$LAB_HOOKS_DIR/oci-tpm-hook.json"
-cp "$hook_entry" /run/lab/hook-entry.json
-hook_under_strace() {
-    if [[ $# -eq 0 ]]; then
-        cp /run/lab/hook-entry.json "$hook_entry"
-        return 0
-    fi
-    # (Not jq --args: it would read strace's options as its own.)
-    jq --arg hook "$HOOK_BIN" --argjson extra "$(printf '%s\n' "$@" | jq -R . | jq -sc .)" \
-        '.hook.path = "/usr/bin/strace" | .hook.args = (["strace"] + $extra + [$hook])' \
-        /run/lab/hook-entry.json >"$hook_entry.new"
-    mv "$hook_entry.new" "$hook_entry"
-}
-on_exit "cp /run/lab/hook-entry.json $hook_entry"
 
 step "bpf(2) refuses to attach the device program (as a security module would): refused, saying why; with required=false nothing of the grant is left"
 # strace's fault injection makes the hook's BPF_PROG_ATTACH fail with EPERM:

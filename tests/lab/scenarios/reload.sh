@@ -163,16 +163,11 @@ assert_ok sd_podman rm -f -t 0 reload-abandoned reload-plain
 step "control: a container whose hook could not reach systemd loses the TPM when systemd applies its rules anew"
 # The hook runs under strace, which fails its connect(2) to the system bus;
 # the container still gets the TPM, with a warning in the hook's log.
-entry="$LAB_HOOKS_DIR/oci-tpm-hook.json"
-cp "$entry" /run/lab/hook-entry.json
-on_exit "cp /run/lab/hook-entry.json $entry"
-jq --arg hook "$HOOK_BIN" '.hook.path = "/usr/bin/strace"
-    | .hook.args = ["strace", "-f", "-qq", "-e", "trace=connect", "-e", "inject=connect:error=EACCES",
-                    "-o", "/run/lab/hook-connect.trace", $hook]' /run/lab/hook-entry.json >"$entry"
+hook_under_strace -f -qq -e trace=connect -e inject=connect:error=EACCES -o /run/lab/hook-connect.trace
 mark_hook_log
 assert_ok sd_podman run -d --name reload-control --runtime runc --network none --user 1000 --group-add "$gid" \
     --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" sleep 600
-cp /run/lab/hook-entry.json "$entry"
+hook_under_strace
 grep -q 'connect(.*INJECTED' /run/lab/hook-connect.trace \
     || fail "strace did not fail the hook's connect: $(cat /run/lab/hook-connect.trace)"
 assert_contains "$(hook_log_new)" "could not add the TPM to the container's systemd unit" "the hook's warning"
