@@ -1,5 +1,6 @@
 //! The child that acts as the container: answers, errors, deadlines, its
-//! standard descriptors, and taking on the container process's credentials.
+//! standard descriptors, taking on the container process's credentials,
+//! and helper programs run the same way.
 //!
 //! Runs without the test harness (see Cargo.toml): forking needs a
 //! single-threaded process. Needs root (entering a mount namespace, taking
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use oci_tpm_hook::core::identity::ProcessIdentity;
+use oci_tpm_hook::privileged::child;
 use oci_tpm_hook::privileged::container::ContainerProcess;
 use oci_tpm_hook::privileged::credentials::{self, RanAs};
 
@@ -68,6 +70,37 @@ fn the_child_holds_no_inherited_stdio() {
         })
         .unwrap();
     assert_eq!(rdevs, vec![(1, 3); 3]);
+}
+
+/// A helper program answers on its standard output; one that cannot be
+/// run, says nothing or hangs gives a clear error in time.
+fn a_program_answers_or_is_refused_in_time() {
+    let sh = std::path::Path::new("/bin/sh");
+    let five: u32 =
+        child::run_program(Duration::from_secs(5), sh, &["-c", r#"echo '{"Ok":5}'"#]).unwrap();
+    assert_eq!(five, 5);
+    let err = child::run_program::<u32, _>(
+        Duration::from_secs(5),
+        sh,
+        &["-c", r#"echo '{"Err":"no unit"}'"#],
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "no unit");
+    let missing = std::path::Path::new("/nonexistent/oci-tpm-systemd");
+    let err = child::run_program::<u32, &str>(Duration::from_secs(5), missing, &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot run /nonexistent/oci-tpm-systemd"),
+        "{err}"
+    );
+    let err =
+        child::run_program::<u32, _>(Duration::from_secs(5), sh, &["-c", "exit 1"]).unwrap_err();
+    assert!(err.to_string().contains("without an answer"), "{err}");
+    let started = Instant::now();
+    let err = child::run_program::<u32, _>(Duration::from_millis(300), sh, &["-c", "sleep 30"])
+        .unwrap_err();
+    assert!(err.to_string().contains("no answer"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 fn user(uid: u32, gid: u32, extra: &[u32], effective: &[&str]) -> ProcessIdentity {
@@ -137,7 +170,7 @@ fn assume_takes_ids_groups_and_capabilities() {
 }
 
 fn main() -> ExitCode {
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
         ("answer_comes_back", answer_comes_back),
         (
             "errors_come_back_with_context",
@@ -150,6 +183,10 @@ fn main() -> ExitCode {
         (
             "the_child_holds_no_inherited_stdio",
             the_child_holds_no_inherited_stdio,
+        ),
+        (
+            "a_program_answers_or_is_refused_in_time",
+            a_program_answers_or_is_refused_in_time,
         ),
         (
             "assume_takes_ids_groups_and_capabilities",
