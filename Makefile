@@ -34,6 +34,7 @@ build:
 	$(CARGO) rustc --release -p oci-tpm-hook --bin oci-tpm-hook -- $(STATIC_RUSTFLAGS)
 	$(CARGO) rustc --release -p oci-tpm-hook --bin oci-tpm-runtime -- $(STATIC_RUSTFLAGS)
 	$(CARGO) rustc --release -p oci-tpm-hook --bin oci-tpm-device-plugin -- $(STATIC_RUSTFLAGS)
+	$(CARGO) rustc --release -p oci-tpm-hook --bin oci-tpm-systemd -- $(STATIC_RUSTFLAGS)
 
 check:
 	$(CARGO) fmt --all -- --check

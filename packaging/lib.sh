@@ -49,7 +49,7 @@ deb_depends() {
 # man page a systemd unit's Documentation= names shipped.
 check_package_tree() {
     local root="$1" b page unit
-    for b in "$root"/usr/bin/*; do
+    for b in "$root"/usr/bin/* "$root"/usr/libexec/oci-tpm-hook/*; do
         if readelf -S "$b" | grep -q '\.symtab'; then
             fail "$b is not stripped"
         fi

@@ -20,7 +20,7 @@ case "$flavour" in
     *) echo "stage.sh: unknown flavour $flavour (deb or rpm)" >&2; exit 2 ;;
 esac
 
-for b in oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin; do
+for b in oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin oci-tpm-systemd; do
     [[ -x target/release/$b ]] || { echo "stage.sh: target/release/$b is missing (make build)" >&2; exit 1; }
 done
 command -v strip >/dev/null || { echo "stage.sh: strip (binutils) is needed" >&2; exit 1; }
@@ -31,6 +31,10 @@ for b in oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin; do
     install -D -m 0755 target/release/$b "$dest/usr/bin/$b"
     strip --strip-unneeded "$dest/usr/bin/$b"
 done
+# The hook's helper that tells systemd about a container's TPM: run by the
+# hook only (found in ../libexec/oci-tpm-hook from its own directory).
+install -D -m 0755 target/release/oci-tpm-systemd "$dest/usr/libexec/oci-tpm-hook/oci-tpm-systemd"
+strip --strip-unneeded "$dest/usr/libexec/oci-tpm-hook/oci-tpm-systemd"
 
 # podman, CRI-O and buildah read this directory by default.
 install -D -m 0644 hooks.d/oci-tpm-hook.json "$dest/usr/share/containers/oci/hooks.d/oci-tpm-hook.json"

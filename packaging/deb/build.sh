@@ -21,7 +21,8 @@ for script in postinst prerm postrm; do
     install -m 0755 "packaging/deb/$script" "$stage/DEBIAN/$script"
 done
 
-depends=$(deb_depends "$stage/usr/bin/oci-tpm-hook" "$stage/usr/bin/oci-tpm-runtime" "$stage/usr/bin/oci-tpm-device-plugin")
+depends=$(deb_depends "$stage/usr/bin/oci-tpm-hook" "$stage/usr/bin/oci-tpm-runtime" "$stage/usr/bin/oci-tpm-device-plugin" \
+    "$stage/usr/libexec/oci-tpm-hook/oci-tpm-systemd")
 installed_kb=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 cat >"$stage/DEBIAN/control" <<CONTROL
 Package: oci-tpm-hook
@@ -51,6 +52,7 @@ dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
 # What the package must hold, and must not.
 contents=$(dpkg-deb -c "$deb")
 for want in ./usr/bin/oci-tpm-hook ./usr/bin/oci-tpm-runtime ./usr/bin/oci-tpm-device-plugin \
+            ./usr/libexec/oci-tpm-hook/oci-tpm-systemd \
             ./usr/share/containers/oci/hooks.d/oci-tpm-hook.json ./etc/oci-tpm-hook/config.toml \
             ./usr/lib/systemd/system/oci-tpm-nri.service ./usr/lib/udev/rules.d/70-oci-tpm-hook-cdi.rules \
             ./usr/share/doc/oci-tpm-hook/copyright ./usr/share/man/man1/oci-tpm-hook.1.gz \

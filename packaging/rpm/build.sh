@@ -36,14 +36,15 @@ rpm="$out/$(basename "$rpm")"
 files=$(rpm -qlp "$rpm")
 echo "--- rpm -qlp $(basename "$rpm")"
 printf '%s\n' "$files"
-for want in /usr/bin/oci-tpm-hook /usr/bin/oci-tpm-runtime /usr/bin/oci-tpm-device-plugin /etc/oci-tpm-hook/config.toml \
+for want in /usr/bin/oci-tpm-hook /usr/bin/oci-tpm-runtime /usr/bin/oci-tpm-device-plugin \
+            /usr/libexec/oci-tpm-hook/oci-tpm-systemd /etc/oci-tpm-hook/config.toml \
             /usr/share/containers/oci/hooks.d/oci-tpm-hook.json /usr/lib/systemd/system/oci-tpm-nri.service \
             /usr/lib/udev/rules.d/70-oci-tpm-hook-cdi.rules /usr/share/man/man1/oci-tpm-hook-nri.1.gz \
             /usr/share/doc/oci-tpm-hook/copyright; do
     grep -qx "$want" <<<"$files" || fail "$want missing from $rpm"
 done
 # The directories other packages own are not claimed.
-for not in /usr/share/containers/oci/hooks.d /usr/lib/systemd/system /usr/bin; do
+for not in /usr/share/containers/oci/hooks.d /usr/lib/systemd/system /usr/bin /usr/libexec; do
     ! grep -qx "$not" <<<"$files" || fail "$rpm claims $not"
 done
 scripts=$(rpm -qp --scripts "$rpm")

@@ -47,8 +47,8 @@ const SELF_TEST_MARGIN: Duration = Duration::from_secs(1);
 /// What the hook keeps of the runtime's timeout for undoing its work after
 /// a failed self-test and for exiting.
 const HOOK_RESERVE: Duration = Duration::from_millis(1500);
-/// Bound on the helper that talks to systemd (connect, read the unit's
-/// list, add to it, read it back; each call bounded by the module itself).
+/// Bound on the program that talks to systemd (start, connect, read the
+/// unit's list, add to it, read it back; each call bounded by itself).
 const SYSTEMD_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Below this the self-test cannot be meaningful.
 const MIN_SELF_TEST: Duration = Duration::from_millis(200);
@@ -444,7 +444,7 @@ fn deliver(
         let unit = if plan.rule_in_spec {
             "rule in the spec".to_owned()
         } else {
-            tell_systemd(&process, &cgroup, grant, &mut in_unit)
+            tell_systemd(&cgroup, grant, &mut in_unit)
         };
         phases.systemd_ms = ms(t);
         let t = Instant::now();
@@ -477,7 +477,6 @@ fn deliver(
 /// re-applies the unit's device rules. (Where systemd's rules decide now,
 /// the self-test that follows fails instead.)
 fn tell_systemd(
-    process: &ContainerProcess,
     cgroup: &ContainerCgroup,
     grant: &Grant,
     added: &mut Option<systemd::ReloadOutcome>,
@@ -486,10 +485,7 @@ fn tell_systemd(
         return systemd::ReloadOutcome::NoUnit.to_string();
     };
     let d = &grant.device;
-    // In a child of the hook, on the host: D-Bus brings threads.
-    let told = process.run(SYSTEMD_STEP_TIMEOUT, |_| {
-        systemd::allow_in_unit(unit, &d.path, d.major, d.minor)
-    });
+    let told = systemd::allow_in_unit(&unit, &d.path, d.major, d.minor, SYSTEMD_STEP_TIMEOUT);
     match told {
         Ok(outcome) => {
             let shown = outcome.to_string();
@@ -534,7 +530,7 @@ fn take_back(
             tracing::error!(error = %format!("{e:#}"), "could not take back the device-cgroup rule");
         }
     }
-    let unit_undone = in_unit.map(|u| process.run(SYSTEMD_STEP_TIMEOUT, |_| u.take_back()));
+    let unit_undone = in_unit.map(|u| u.take_back(SYSTEMD_STEP_TIMEOUT));
     if let Some(Err(e)) = unit_undone {
         tracing::error!(error = %format!("{e:#}"), "could not take back the device from the systemd unit");
     }

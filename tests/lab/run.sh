@@ -47,7 +47,7 @@ FIXTURE_DIR="$LAB_DIR/guest/fixtures"
 # e.g. the benchmarks in tests/bench/lab.
 LAB_SCENARIO_DIR="${LAB_SCENARIO_DIR:-tests/lab/scenarios}"
 SCENARIO_DIR="$REPO_DIR/$LAB_SCENARIO_DIR"
-PROJECT_BINARIES=(oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin)
+PROJECT_BINARIES=(oci-tpm-hook oci-tpm-runtime oci-tpm-device-plugin oci-tpm-systemd)
 # Cargo examples only the benchmarks run (make bench builds them): staged
 # beside the binaries when built, not missed when not.
 PROJECT_EXAMPLES=(device_plugin_bench)

@@ -1,6 +1,8 @@
 //! The container engines found on the host, each checked for what it needs
 //! to hand a container its TPM: podman and CRI-O the hooks.d file, docker
-//! the runtime wrapper, containerd and CRI-O NRI with the plugin running.
+//! the runtime wrapper, containerd and CRI-O NRI with the plugin running;
+//! and, for engines on the systemd cgroup manager, the helper that tells
+//! systemd about the device.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,45 @@ use serde_json::Value;
 use super::checks::sorted_entries;
 use super::{Check, Host};
 use crate::files::is_executable;
+use crate::privileged::systemd;
 
 /// Every engine check; engines that are not installed are skipped.
 pub fn all(host: &Host) -> Vec<Check> {
-    vec![hooks_dir(host), docker(host), containerd(host), crio(host)]
+    vec![
+        hooks_dir(host),
+        docker(host),
+        containerd(host),
+        crio(host),
+        systemd_units(host, systemd::helper_path()),
+    ]
+}
+
+/// The helper program that adds the TPM to a container unit's
+/// `DeviceAllow=` (`helper`: where the hook finds it, or why not).
+fn systemd_units(host: &Host, helper: anyhow::Result<PathBuf>) -> Check {
+    let name = "systemd units";
+    let systemd_runs = host.path(systemd::SYSTEMD_RUNNING).is_dir();
+    match (helper, systemd_runs) {
+        (Ok(p), true) => Check::pass(
+            name,
+            format!(
+                "a container in a systemd unit gets the TPM in the unit's DeviceAllow= too, through {}",
+                p.display()
+            ),
+        ),
+        (Ok(p), false) => Check::skip(
+            name,
+            format!("systemd is not the init system ({} is installed)", p.display()),
+        ),
+        (Err(e), true) => Check::warn(
+            name,
+            format!("{e:#}"),
+            "with the systemd cgroup manager a container then loses its TPM at systemctl \
+             daemon-reload, and under crun cannot use it at all: install the whole package \
+             (oci-tpm-systemd goes beside oci-tpm-hook or in ../libexec/oci-tpm-hook)",
+        ),
+        (Err(_), false) => Check::skip(name, "systemd is not the init system"),
+    }
 }
 
 /// Whether an engine's binary is installed.
@@ -307,6 +344,27 @@ mod tests {
             let p = self.dir.path().join(path.trim_start_matches('/'));
             fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
         }
+    }
+
+    #[test]
+    fn systemd_units_need_the_helper_only_under_systemd() {
+        let f = Fake::new();
+        let found = || Ok(PathBuf::from("/usr/libexec/oci-tpm-hook/oci-tpm-systemd"));
+        let missing = || Err(anyhow::anyhow!("oci-tpm-systemd is missing"));
+        let c = systemd_units(&f.host(), found());
+        assert_eq!(c.status, Status::Skip);
+        assert!(
+            c.detail
+                .contains("/usr/libexec/oci-tpm-hook/oci-tpm-systemd"),
+            "{c:?}"
+        );
+        assert_eq!(systemd_units(&f.host(), missing()).status, Status::Skip);
+        fs::create_dir_all(f.dir.path().join("run/systemd/system")).unwrap();
+        assert_eq!(systemd_units(&f.host(), found()).status, Status::Pass);
+        let c = systemd_units(&f.host(), missing());
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("missing"), "{c:?}");
+        assert!(c.fix.unwrap().contains("daemon-reload"));
     }
 
     const HOOK_JSON: &str = r#"{"version":"1.0.0","hook":{"path":"/usr/bin/oci-tpm-hook"},"when":{"annotations":{"^oci-tpm-hook/.*$":".*"}},"stages":["createRuntime"]}"#;

@@ -20,36 +20,38 @@
 //! `DeviceAllow=` would switch on systemd's allow-list and cut off the
 //! container's other devices.
 //!
-//! zbus runs threads of its own, and the hook must stay single-threaded to
-//! fork its helpers (see [`super::container`]): callers run these calls in
-//! a forked child.
+//! The D-Bus client ([`bus`], over zbus) is its own small program,
+//! `oci-tpm-systemd`, which the hook runs as a bounded child (see
+//! [`super::child`]) only for containers in a systemd unit. Two reasons:
+//! zbus runs threads, and the hook must stay single-threaded to fork its
+//! helpers; and a container that asks for nothing would otherwise pay for
+//! the D-Bus stack in the hook binary's size, page faults and start-up.
 //!
 //! Not covered: a runtime that itself resets the unit's list later
 //! (`runc update`), which the spec-editing front-ends avoid.
 
-use std::path::{Component, Path};
+pub mod bus;
+
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use zbus::blocking::{connection, proxy, Connection, Proxy};
-use zbus::proxy::CacheProperties;
-use zbus::zvariant::{OwnedObjectPath, Value};
+
+use super::child;
 
 /// Present while systemd is the init system (sd_booted(3)).
-const SYSTEMD_RUNNING: &str = "/run/systemd/system";
-const DESTINATION: &str = "org.freedesktop.systemd1";
-const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
-const MANAGER: &str = "org.freedesktop.systemd1.Manager";
-const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+pub const SYSTEMD_RUNNING: &str = "/run/systemd/system";
+/// The program that talks to systemd ([`bus`]): beside the hook, or in
+/// the libexec directory of the hook's prefix (where packages put it).
+pub const HELPER_BIN: &str = "oci-tpm-systemd";
+const HELPER_LIBEXEC: &str = "../libexec/oci-tpm-hook";
 /// The unit types that hold processes (and so containers), by name suffix,
 /// with the D-Bus interface that carries their cgroup settings.
 const UNIT_TYPES: [(&str, &str); 2] = [
     (".scope", "org.freedesktop.systemd1.Scope"),
     (".service", "org.freedesktop.systemd1.Service"),
 ];
-/// Bound on each D-Bus call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What became of the unit's device list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,28 +83,14 @@ impl std::fmt::Display for ReloadOutcome {
 }
 
 impl ReloadOutcome {
-    /// Undoes [`ReloadOutcome::Added`]: the unit's list as it was before
-    /// (systemd can only append to a list or empty it, so: empty, then the
-    /// old entries, in one call). Nothing to do for the other outcomes.
-    pub fn take_back(&self) -> anyhow::Result<()> {
-        let ReloadOutcome::Added { unit, previous } = self else {
+    /// Undoes [`ReloadOutcome::Added`] (through the helper program,
+    /// within `timeout`); nothing to do for the other outcomes.
+    pub fn take_back(&self, timeout: Duration) -> anyhow::Result<()> {
+        if !matches!(self, ReloadOutcome::Added { .. }) {
             return Ok(());
-        };
-        let empty: Vec<(&str, &str)> = Vec::new();
-        // systemd puts each new entry first and reports the list in its
-        // own order, so the old entries go back in reverse to come out the same.
-        let old: Vec<(&str, &str)> = previous
-            .iter()
-            .rev()
-            .map(|(p, r)| (p.as_str(), r.as_str()))
-            .collect();
-        let mut properties = vec![("DeviceAllow", Value::new(empty))];
-        if !old.is_empty() {
-            properties.push(("DeviceAllow", Value::new(old)));
         }
-        Systemd::connect()?
-            .set_properties(unit, properties)
-            .with_context(|| format!("cannot put back DeviceAllow= of {unit}"))
+        let outcome = serde_json::to_string(self).context("cannot encode the unit's old list")?;
+        child::run_program(timeout, &helper_path()?, &["take-back", outcome.as_str()])
     }
 }
 
@@ -166,98 +154,47 @@ pub fn unit_to_tell(cgroup_dir: &Path) -> Option<String> {
 }
 
 /// Makes sure systemd's own rules for `unit` let the container use `device`
-/// (host path and numbers), now and after a reload.
+/// (host path and numbers), now and after a reload: [`bus::allow_in_unit`]
+/// in the helper program, within `timeout`.
 pub fn allow_in_unit(
-    unit: String,
+    unit: &str,
     device: &Path,
     major: u32,
     minor: u32,
+    timeout: Duration,
 ) -> anyhow::Result<ReloadOutcome> {
-    let systemd = Systemd::connect()?;
-    let Some(list) = systemd.device_list(&unit)? else {
-        return Ok(ReloadOutcome::NoUnit);
-    };
-    match list.allows(device, major, minor) {
-        None => return Ok(ReloadOutcome::Unrestricted { unit }),
-        Some(true) => return Ok(ReloadOutcome::AlreadyListed { unit }),
-        Some(false) => {}
-    }
-    let path = device
-        .to_str()
-        .with_context(|| format!("device path {} is not UTF-8", device.display()))?;
-    systemd
-        .set_properties(&unit, vec![("DeviceAllow", Value::new(vec![(path, "rw")]))])
-        .with_context(|| format!("systemd refused to add {path} to DeviceAllow= of {unit}"))?;
-    let added = ReloadOutcome::Added {
-        unit: unit.clone(),
-        previous: list.allowed,
-    };
-    // Read back: the answer also comes after systemd has re-applied the
-    // unit's cgroup settings (it does so before it reads the next message),
-    // so the self-test that follows sees systemd's new rules.
-    let now = systemd.device_list(&unit)?;
-    if now.and_then(|l| l.allows(device, major, minor)) != Some(true) {
-        added.take_back().ok();
-        bail!("systemd accepted {path} for DeviceAllow= of {unit} but does not list it");
-    }
-    Ok(added)
+    let (major, minor) = (major.to_string(), minor.to_string());
+    let args = [
+        "allow".as_ref(),
+        unit.as_ref(),
+        device.as_os_str(),
+        major.as_ref(),
+        minor.as_ref(),
+    ];
+    child::run_program::<_, &std::ffi::OsStr>(timeout, &helper_path()?, &args)
 }
 
-struct Systemd {
-    conn: Connection,
-}
-
-impl Systemd {
-    fn connect() -> anyhow::Result<Systemd> {
-        // The system bus, as systemd's cgroup drivers in runc, crun and
-        // podman use it. (Not systemd's private socket: zbus rejects the
-        // messages systemd sends there, which carry no valid sender.)
-        let conn = connection::Builder::system()
-            .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
-            .context("cannot connect to systemd through the D-Bus system bus")?;
-        Ok(Systemd { conn })
-    }
-
-    fn proxy<'a>(&'a self, path: &'a str, interface: &'a str) -> anyhow::Result<Proxy<'a>> {
-        Ok(proxy::Builder::new(&self.conn)
-            .destination(DESTINATION)?
-            .path(path)?
-            .interface(interface)?
-            .cache_properties(CacheProperties::No)
-            .build()?)
-    }
-
-    /// The unit's `DevicePolicy=` and `DeviceAllow=`; `None` when systemd
-    /// has no such unit.
-    fn device_list(&self, unit: &str) -> anyhow::Result<Option<DeviceList>> {
-        let manager = self.proxy(MANAGER_PATH, MANAGER)?;
-        let path: OwnedObjectPath = match manager.call("GetUnit", &(unit,)) {
-            Ok(path) => path,
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_UNIT => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot ask systemd for unit {unit}")),
-        };
-        let interface = unit_interface(unit)
-            .with_context(|| format!("{unit} is neither a scope nor a service"))?;
-        let properties = self.proxy(path.as_str(), interface)?;
-        let read = |name: &str| format!("cannot read {name}= of systemd unit {unit}");
-        let policy: String = properties
-            .get_property("DevicePolicy")
-            .with_context(|| read("DevicePolicy"))?;
-        let allowed: Vec<(String, String)> = properties
-            .get_property("DeviceAllow")
-            .with_context(|| read("DeviceAllow"))?;
-        Ok(Some(DeviceList { policy, allowed }))
-    }
-
-    /// Sets properties of the unit until it ends (`runtime`: nothing is
-    /// written under /etc).
-    fn set_properties(&self, unit: &str, properties: Vec<(&str, Value<'_>)>) -> anyhow::Result<()> {
-        let manager = self.proxy(MANAGER_PATH, MANAGER)?;
-        manager.call::<_, _, ()>("SetUnitProperties", &(unit, true, properties))?;
-        Ok(())
-    }
+/// Where the helper program is: beside this program, or in the libexec
+/// directory of its prefix.
+pub fn helper_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let candidates = [
+        dir.join(HELPER_BIN),
+        dir.join(HELPER_LIBEXEC).join(HELPER_BIN),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{HELPER_BIN}, the program that tells systemd, is missing: neither {} nor {} exists \
+                 (install the whole package)",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
 }
 
 /// The D-Bus interface that carries the cgroup settings of `unit`, when it

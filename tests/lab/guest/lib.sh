@@ -509,7 +509,7 @@ assert_sign_verify() {
 # and the C library the binary links), passed as --build-arg BASE.
 load_nri_plugin_image() {
     ctr -n k8s.io images check "name==$NRI_PLUGIN_IMAGE_FULL" 2>/dev/null | grep -q . && return 0
-    require_binaries oci-tpm-hook oci-tpm-device-plugin
+    require_binaries oci-tpm-hook oci-tpm-device-plugin oci-tpm-systemd
     local base=localhost/lab-plugin-base:latest root lib tool context
     if ! podman image exists "$base"; then
         root=$(mktemp -d /run/lab/plugin-base.XXXXXX)
@@ -518,7 +518,7 @@ load_nri_plugin_image() {
         for tool in sh cp mv chmod mkdir ls cat rm; do ln -s busybox "$root/bin/$tool"; done
         # A static binary needs no library; a dynamic one gets the ones it links.
         # (One binary per ldd: given several, it prints each one's name.)
-        for lib in $(for b in oci-tpm-hook oci-tpm-device-plugin; do ldd "$LAB_BIN/$b" 2>/dev/null || true; done \
+        for lib in $(for b in oci-tpm-hook oci-tpm-device-plugin oci-tpm-systemd; do ldd "$LAB_BIN/$b" 2>/dev/null || true; done \
                      | grep -o '/[^ ]*' | sort -u); do
             mkdir -p "$root$(dirname "$lib")"
             cp -L "$lib" "$root$lib"
@@ -533,7 +533,7 @@ load_nri_plugin_image() {
     # after `make build` (the staged repository has no target/).
     context=$(mktemp -d /run/lab/plugin-context.XXXXXX)
     mkdir -p "$context/target/release"
-    cp "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" "$context/target/release/"
+    cp "$LAB_BIN/oci-tpm-hook" "$LAB_BIN/oci-tpm-device-plugin" "$LAB_BIN/oci-tpm-systemd" "$context/target/release/"
     cp "$LAB_REPO/.dockerignore" "$context/"
     run podman build --pull=never --build-arg "BASE=$base" \
         -f "$LAB_REPO/packaging/kubernetes/Containerfile" -t "$NRI_PLUGIN_IMAGE_FULL" "$context"

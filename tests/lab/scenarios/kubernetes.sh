@@ -45,6 +45,7 @@ run kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin
 assert_eq "$NRI_PLUGIN_IMAGE" "$(kubectl -n kube-system get daemonset oci-tpm-hook-nri -o jsonpath='{.spec.template.spec.containers[0].image}')" "the DaemonSet's image"
 assert_contains "$(cat /opt/oci-tpm-hook/config.toml)" 'namespaces = ["tpm-demo"]' "the policy the init container installed"
 test -x /opt/oci-tpm-hook/bin/oci-tpm-hook || fail "the init container did not install the hook"
+test -x /opt/oci-tpm-hook/bin/oci-tpm-systemd || fail "the init container did not install the hook's systemd helper"
 
 check_workloads containerd
 assert_contains "$(kubectl -n kube-system logs daemonset/oci-tpm-hook-nri -c plugin)" "granted TPM tpmrm0" "the plugin's log"

@@ -2,7 +2,7 @@
 # packages: the .deb (make deb) installed in the guest with dpkg:
 #  - it holds what it should (stripped binaries, hooks.d, policy, unit, udev
 #    rule, man pages, completions, copyright), and its postinst wrote the
-#    CDI spec;
+#    CDI spec; the installed hook finds its systemd helper in libexec;
 #  - the unit's sandbox scores an exposure of at most 3.0 in this guest's
 #    systemd-analyze, and the man page its Documentation= names is there;
 #  - podman finds the hook through the packaged hooks.d file alone;
@@ -39,7 +39,8 @@ if [[ -e /etc/oci-tpm-hook ]]; then
 fi
 assert_ok dpkg -i "$deb"
 assert_eq "install ok installed" "$(dpkg-query -W -f='${Status}' oci-tpm-hook)" "dpkg status"
-for f in /usr/bin/oci-tpm-hook /usr/bin/oci-tpm-runtime /usr/share/containers/oci/hooks.d/oci-tpm-hook.json \
+for f in /usr/bin/oci-tpm-hook /usr/bin/oci-tpm-runtime /usr/libexec/oci-tpm-hook/oci-tpm-systemd \
+         /usr/share/containers/oci/hooks.d/oci-tpm-hook.json \
          /etc/oci-tpm-hook/config.toml /usr/lib/systemd/system/oci-tpm-nri.service \
          /usr/lib/udev/rules.d/70-oci-tpm-hook-cdi.rules /usr/share/doc/oci-tpm-hook/copyright \
          /usr/share/man/man1/oci-tpm-hook-nri.1.gz /usr/share/bash-completion/completions/oci-tpm-hook; do
@@ -48,10 +49,18 @@ done
 assert_ok oci-tpm-hook --version
 assert_contains "$(head -n1 /usr/share/doc/oci-tpm-hook/copyright)" "copyright-format/1.0"
 # Stripped: no symbol table, so no section named .symtab (no binutils here).
-for b in /usr/bin/oci-tpm-hook /usr/bin/oci-tpm-runtime; do
+for b in /usr/bin/oci-tpm-hook /usr/bin/oci-tpm-runtime /usr/libexec/oci-tpm-hook/oci-tpm-systemd; do
     python3 -c 'import sys; sys.exit(b".symtab\0" in open(sys.argv[1], "rb").read())' "$b" \
         || fail "$b is not stripped (it has a .symtab)"
 done
+
+step "the installed hook finds its systemd helper in /usr/libexec/oci-tpm-hook (doctor says where)"
+/usr/bin/oci-tpm-hook doctor --json >/run/lab/doctor.json || true
+assert_contains "$(jq -r '.checks[] | select(.name == "systemd units") | .detail' /run/lab/doctor.json)" \
+    "/usr/libexec/oci-tpm-hook/oci-tpm-systemd" "doctor's systemd units check"
+# Run by hand it says it is the hook's helper, and refuses.
+assert_fails /usr/libexec/oci-tpm-hook/oci-tpm-systemd
+assert_contains "$LAB_OUTPUT" "run by oci-tpm-hook"
 
 step "the postinst wrote the CDI spec, pointing at the installed hook"
 [[ -f "$spec" ]] || fail "no $spec after dpkg -i"
@@ -102,6 +111,7 @@ done
 assert_eq "/etc/oci-tpm-hook/config.toml" "${left[*]}" "files left after dpkg -r"
 [[ ! -e "$spec" ]] || fail "the postrm left $spec"
 [[ ! -e /usr/share/doc/oci-tpm-hook ]] || fail "/usr/share/doc/oci-tpm-hook is left"
+[[ ! -e /usr/libexec/oci-tpm-hook ]] || fail "/usr/libexec/oci-tpm-hook is left"
 
 step "dpkg -P: not even the conffile"
 assert_ok dpkg -P oci-tpm-hook
