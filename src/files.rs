@@ -122,7 +122,11 @@ impl PlainFile {
                 if !meta.file_type().is_file() {
                     bail!("{shown} is not a regular file; refusing to edit it");
                 }
-                let mut bytes = Vec::new();
+                // Room for the whole file and one byte more: read in one
+                // call, EOF in the next (an empty Vec grows from 32 bytes,
+                // a read call per doubling).
+                let expected = meta.len().min(MAX_PLAIN_FILE_BYTES) as usize + 1;
+                let mut bytes = Vec::with_capacity(expected);
                 file.take(MAX_PLAIN_FILE_BYTES + 1)
                     .read_to_end(&mut bytes)
                     .with_context(|| format!("cannot read {shown}"))?;
