@@ -45,7 +45,8 @@ pub const SYSTEMD_RUNNING: &str = "/run/systemd/system";
 /// The program that talks to systemd ([`bus`]): beside the hook, or in
 /// the libexec directory of the hook's prefix (where packages put it).
 pub const HELPER_BIN: &str = "oci-tpm-systemd";
-const HELPER_LIBEXEC: &str = "../libexec/oci-tpm-hook";
+/// Below the prefix (the parent of the hook's directory).
+const HELPER_LIBEXEC: &str = "libexec/oci-tpm-hook";
 /// The unit types that hold processes (and so containers), by name suffix,
 /// with the D-Bus interface that carries their cgroup settings.
 const UNIT_TYPES: [(&str, &str); 2] = [
@@ -179,9 +180,10 @@ pub fn allow_in_unit(
 pub fn helper_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
+    let prefix = dir.parent().unwrap_or(dir);
     let candidates = [
         dir.join(HELPER_BIN),
-        dir.join(HELPER_LIBEXEC).join(HELPER_BIN),
+        prefix.join(HELPER_LIBEXEC).join(HELPER_BIN),
     ];
     candidates
         .iter()
