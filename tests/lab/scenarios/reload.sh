@@ -34,6 +34,7 @@ gid=$(tss_gid)
 assert_eq "" "$(podman ps -aq)" "containers before the scenario"
 
 CG=/sys/fs/cgroup/lab-systemd
+machine_id_before=$(cat /etc/machine-id 2>/dev/null || echo "(none)")
 SD_LOG="$LAB_LOG_DIR/reload-systemd.log"
 
 step "systemd as PID 1 of its own namespaces, with its system bus"
@@ -58,6 +59,19 @@ mount --bind /run/lab /mnt
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/lab
 mount --move /mnt /run/lab
+# systemd writes /etc/machine-id when it finds none, and the guest's udevd
+# then gives every new veth a "persistent" MAC (99-default.link) after the
+# CNI plugin has recorded the first, which CRI-O's CNI check rejects in
+# later scenarios. So systemd gets an id of its own, in this namespace.
+[ -e /etc/machine-id ] || : >/etc/machine-id
+tr -d - </proc/sys/kernel/random/uuid >/run/machine-id
+mount --bind /run/machine-id /etc/machine-id
+# Nor does it start a second udev to replay every device of the guest.
+mkdir -p /run/systemd/system
+for unit in systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket \
+            systemd-udev-trigger.service; do
+    ln -s /dev/null "/run/systemd/system/$unit"
+done
 umount -l /sys/fs/cgroup 2>/dev/null || true
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 export container=lab
@@ -86,6 +100,8 @@ cleanup_systemd() {
     kill -KILL "$sd_pid" 2>/dev/null || true
     wait "$unshare_pid" 2>/dev/null || true
     find "$CG" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    # The empty file the init script made where there was none.
+    if [[ "$machine_id_before" == "(none)" && ! -s /etc/machine-id ]]; then rm -f /etc/machine-id; fi
 }
 on_exit cleanup_systemd
 systemd_ready() {
@@ -189,3 +205,8 @@ for name in reload-runc reload-crun reload-control; do
     if in_systemd systemctl is-active --quiet "$unit"; then fail "$unit is still active"; fi
 done
 assert_eq "" "$(sd_podman ps -aq)" "containers left"
+
+step "the guest is left as it was: its machine id unchanged, no second udev"
+cleanup_systemd
+assert_eq "$machine_id_before" "$(cat /etc/machine-id 2>/dev/null || echo "(none)")" "/etc/machine-id"
+assert_eq "1" "$(pgrep -xc systemd-udevd || true)" "systemd-udevd processes (the guest's own)"
