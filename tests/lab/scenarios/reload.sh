@@ -66,10 +66,12 @@ mount --move /mnt /run/lab
 [ -e /etc/machine-id ] || : >/etc/machine-id
 tr -d - </proc/sys/kernel/random/uuid >/run/machine-id
 mount --bind /run/machine-id /etc/machine-id
-# Nor does it start a second udev to replay every device of the guest.
+# Nor does it commit that id to the guest's file (machine-id-commit does so
+# when /etc/machine-id is a mount point), or start a second udev to replay
+# every device of the guest.
 mkdir -p /run/systemd/system
-for unit in systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket \
-            systemd-udev-trigger.service; do
+for unit in systemd-machine-id-commit.service systemd-udevd.service systemd-udevd-kernel.socket \
+            systemd-udevd-control.socket systemd-udev-trigger.service; do
     ln -s /dev/null "/run/systemd/system/$unit"
 done
 umount -l /sys/fs/cgroup 2>/dev/null || true
