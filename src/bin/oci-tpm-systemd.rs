@@ -16,6 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use oci_tpm_hook::privileged::child;
 use oci_tpm_hook::privileged::systemd::{bus, ReloadOutcome};
 use serde::Serialize;
 
@@ -72,10 +73,9 @@ fn take_back(args: &[String]) -> anyhow::Result<()> {
 
 /// Prints the answer as the hook reads it; whether that worked.
 fn answer<T: Serialize>(result: anyhow::Result<T>) -> bool {
-    let reply: Result<T, String> = result.map_err(|e| format!("{e:#}"));
-    match serde_json::to_string(&reply) {
+    match child::encode_answer(result) {
         Ok(json) => {
-            println!("{json}");
+            println!("{}", String::from_utf8_lossy(&json));
             true
         }
         Err(e) => {

@@ -35,9 +35,12 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> anyhow::Result<T>,
 {
-    fork_with_reply(timeout, |reply| {
-        let outcome: Result<T, String> = task().map_err(|e| format!("{e:#}"));
-        write_reply(&reply, &outcome)
+    fork_with_reply(timeout, |reply| match encode_answer(task()) {
+        Ok(bytes) => match nix::unistd::write(&reply, &bytes) {
+            Ok(_) => 0,
+            Err(_) => 2,
+        },
+        Err(_) => 3,
     })
 }
 
@@ -65,6 +68,13 @@ where
             &Err(format!("cannot run {}: {error}", program.display())),
         )
     })
+}
+
+/// An answer as a child (or a helper program, on its standard output)
+/// gives it: the JSON of `Result<T, String>`, the error with its context.
+pub fn encode_answer<T: Serialize>(result: anyhow::Result<T>) -> serde_json::Result<Vec<u8>> {
+    let reply: Result<T, String> = result.map_err(|e| format!("{e:#}"));
+    serde_json::to_vec(&reply)
 }
 
 /// The JSON of `reply` into the pipe; the child's exit code.

@@ -32,6 +32,7 @@
 
 pub mod bus;
 
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -164,15 +165,14 @@ pub fn allow_in_unit(
     minor: u32,
     timeout: Duration,
 ) -> anyhow::Result<ReloadOutcome> {
-    let (major, minor) = (major.to_string(), minor.to_string());
     let args = [
-        "allow".as_ref(),
-        unit.as_ref(),
-        device.as_os_str(),
-        major.as_ref(),
-        minor.as_ref(),
+        OsString::from("allow"),
+        unit.into(),
+        device.into(),
+        major.to_string().into(),
+        minor.to_string().into(),
     ];
-    child::run_program::<_, &std::ffi::OsStr>(timeout, &helper_path()?, &args)
+    child::run_program(timeout, &helper_path()?, &args)
 }
 
 /// Where the helper program is: beside this program, or in the libexec
