@@ -10,7 +10,7 @@
 
 LAB_THIRD_PARTY_BIN="${LAB_THIRD_PARTY_BIN:-/lab/third-party/bin}"
 LAB_REPO="${LAB_REPO:-/lab/repo}"
-LAB_BIN="${LAB_BIN:-/lab/bin}"
+LAB_BIN="${LAB_BIN:-/run/lab/bin}"
 LAB_IMAGE_DIR="${LAB_IMAGE_DIR:-/lab/image}"
 LAB_IMAGE="${LAB_IMAGE:-localhost/tpm-test:latest}"
 LAB_PAUSE_IMAGE="${LAB_PAUSE_IMAGE:-localhost/pause:lab}"

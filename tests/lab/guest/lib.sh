@@ -7,7 +7,7 @@
 # shellcheck shell=bash
 
 LAB_REPO="${LAB_REPO:-/lab/repo}"
-LAB_BIN="${LAB_BIN:-/lab/bin}"              # the project's binaries (read-only)
+LAB_BIN="${LAB_BIN:-/run/lab/bin}"          # the project's binaries (read-only, local copy of /lab/bin)
 LAB_IMAGE_DIR="${LAB_IMAGE_DIR:-/lab/image}"
 LAB_OUT="${LAB_OUT:-/lab/out}"
 LAB_SCENARIO="${LAB_SCENARIO:-scenario}"
@@ -290,7 +290,7 @@ LAB_DOCKERD_CONFIG=/run/lab/docker/daemon.json
 
 # start_dockerd [JSON]: start dockerd (no network, cgroupfs, overlay2 on tmpfs);
 # JSON is merged over the lab's daemon.json, e.g.
-#   start_dockerd '{"runtimes":{"tpm":{"path":"/lab/bin/oci-tpm-runtime"}}}'
+#   start_dockerd '{"runtimes":{"tpm":{"path":"/run/lab/bin/oci-tpm-runtime"}}}'
 # Containers need `--network none` (there is no bridge in the guest).
 # dockerd gets its own containerd (/run/lab/docker-containerd/containerd.sock, CRI
 # off), started and awaited here: dockerd's built-in start of containerd gives

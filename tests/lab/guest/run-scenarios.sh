@@ -38,6 +38,22 @@ mount_writable_state() {
     mkdir -p /run/lab
 }
 
+# The project's binaries, as an installation has them: on a local file
+# system. Executed from the 9p share, each exec read the whole binary from
+# the host again (about 0.25 s for the hook under emulation, against 15 ms
+# from memory), which no user pays and which hid the hook's own cost. The
+# packages (.deb, .rpm) stay on the share for the packages scenario.
+install_project_binaries() {
+    local dir=/run/lab/bin f
+    mkdir -p "$dir"
+    mount -t tmpfs -o mode=0755 tmpfs "$dir"
+    for f in /lab/bin/*; do
+        [[ -f "$f" && -x "$f" ]] && cp -p "$f" "$dir/"
+    done
+    mount -o remount,ro "$dir"
+    LAB_BIN="$dir"
+}
+
 show_guest_facts() {
     log "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
     log "TPM devices: $(ls /dev/tpm* 2>/dev/null | tr '\n' ' ')"
@@ -161,7 +177,8 @@ main() {
     mount_writable_state
     export LAB_REPO LAB_OUT
     export LAB_LIB="$LAB_REPO/tests/lab/guest/lib.sh"
-    export LAB_BIN=/lab/bin LAB_IMAGE_DIR=/lab/image LAB_THIRD_PARTY_BIN=/lab/third-party/bin
+    install_project_binaries
+    export LAB_BIN LAB_IMAGE_DIR=/lab/image LAB_THIRD_PARTY_BIN=/lab/third-party/bin
     export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     local name failed=0 passed=0 i=0
     for name in "$@"; do

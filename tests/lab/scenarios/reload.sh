@@ -48,14 +48,15 @@ mkdir -p "$CG"
 cat >/run/lab/systemd-init.sh <<'EOF'
 #!/bin/sh
 # PID 1 of the new namespaces: its own /run (the guest's /run/lab kept, for
-# the hooks directory), its own cgroup root, then systemd.
+# the hooks directory, with the mounts under it: the project's programs are
+# in /run/lab/bin), its own cgroup root, then systemd.
 set -e
 # Wait until the unshare process that forked us has left the cgroup: a
 # cgroup that holds processes cannot hand controllers down (the kernel's
 # no-internal-processes rule), and systemd enables them at its start.
 while [ ! -e /run/lab/systemd-go ]; do sleep 0.1; done
 mount --make-rprivate /
-mount --bind /run/lab /mnt
+mount --rbind /run/lab /mnt
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/lab
 mount --move /mnt /run/lab
