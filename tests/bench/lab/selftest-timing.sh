@@ -10,9 +10,11 @@
 #   - the same for docker: `--runtime tpm` with the annotation (the wrapper)
 #     against runc with `--device` and `--group-add`, and the wrapper with
 #     nothing asked against plain runc;
+#   - docker's runtime calls (create, start, delete) for an annotated
+#     container, through runc and through the wrapper, each call timed;
 #   - where the hook's delivery goes, phase by phase (medians from its log),
 #     from the runtime's fork of the hook (startup) to the self-test.
-# (60 podman and 80 docker runs, seconds each in the emulated guest:)
+# (60 podman and 120 docker runs, seconds each in the emulated guest:)
 # lab: timeout 2400
 set -euo pipefail
 source "$LAB_LIB"
@@ -68,7 +70,29 @@ echo
 echo "BENCH podman run true: median $(median </run/lab/bench-plain) ms without a TPM, $(median </run/lab/bench-tpm) ms with the annotation, $(median </run/lab/bench-manual) ms with --device --group-add ($RUNS interleaved runs each)"
 echo "BENCH podman annotated / manual: $(ratio /run/lab/bench-tpm /run/lab/bench-manual) (ratio of medians)"
 
-start_dockerd "{\"runtimes\":{\"tpm\":{\"path\":\"$LAB_BIN/oci-tpm-runtime\"}}}"
+# Each docker runtime call, timed: a script around the runtime that docker
+# calls, the same script around plain runc and around the wrapper, so that
+# the difference between the two is what the wrapper and the hook add to
+# each call (a whole `docker run` varies too much here to show it).
+mkdir -p /run/lab/timed-runtime
+for rt in runc tpm; do
+    target=$(command -v runc)
+    [[ $rt == tpm ]] && target="$LAB_BIN/oci-tpm-runtime"
+    cat >"/run/lab/timed-runtime/$rt" <<SCRIPT
+#!/bin/bash
+start=\$(date +%s%N)
+call=""
+for a in "\$@"; do
+    case "\$a" in create|start|delete|kill|state|features|exec|update|pause|resume|ps) call=\$a; break ;; esac
+done
+"$target" "\$@"
+rc=\$?
+echo "$rt \$call \$(( (\$(date +%s%N) - start) / 1000000 ))" >>/run/lab/timed-runtime/calls
+exit \$rc
+SCRIPT
+    chmod +x "/run/lab/timed-runtime/$rt"
+done
+start_dockerd "{\"runtimes\":{\"tpm\":{\"path\":\"$LAB_BIN/oci-tpm-runtime\"},\"timed-runc\":{\"path\":\"/run/lab/timed-runtime/runc\"},\"timed-tpm\":{\"path\":\"/run/lab/timed-runtime/tpm\"}}}"
 load_image_docker
 for _ in $(seq "$RUNS"); do
     timed /run/lab/bench-docker-plain docker run --rm --network none "$LAB_IMAGE" true
@@ -80,3 +104,20 @@ done
 echo "BENCH docker run true: median $(median </run/lab/bench-docker-plain) ms without a TPM, $(median </run/lab/bench-docker-tpm) ms with the wrapper and the annotation, $(median </run/lab/bench-docker-manual) ms with --device --group-add ($RUNS interleaved runs each)"
 echo "BENCH docker annotated / manual: $(ratio /run/lab/bench-docker-tpm /run/lab/bench-docker-manual) (ratio of medians)"
 echo "BENCH docker run true through the wrapper, nothing asked: median $(median </run/lab/bench-docker-wrapper) ms; / plain runc: $(ratio /run/lab/bench-docker-wrapper /run/lab/bench-docker-plain)"
+
+# The same annotated container through runc (which ignores the annotation)
+# and through the wrapper (which grants the TPM), both behind the timing
+# script: the runtime calls' medians.
+: >/run/lab/timed-runtime/calls
+run_docker=(docker run --rm --network none --annotation oci-tpm-hook/device=tpmrm0 --runtime)
+for _ in $(seq "$RUNS"); do
+    "${run_docker[@]}" timed-runc "$LAB_IMAGE" true >/dev/null || fail "docker run through the timed runc failed"
+    "${run_docker[@]}" timed-tpm "$LAB_IMAGE" true >/dev/null || fail "docker run through the timed wrapper failed"
+done
+call_ms() { awk -v rt="$1" -v call="$2" '$1 == rt && $2 == call {print $3}' /run/lab/timed-runtime/calls | median; }
+for call in create start delete; do
+    runc_ms=$(call_ms runc "$call")
+    tpm_ms=$(call_ms tpm "$call")
+    [[ "$runc_ms" != n/a && "$tpm_ms" != n/a ]] || fail "no timed '$call' calls from docker"
+    echo "BENCH docker runtime call '$call', annotated container: median $runc_ms ms through runc, $tpm_ms ms through the wrapper ($(awk -v a="$tpm_ms" -v b="$runc_ms" 'BEGIN { printf "%+.0f ms, %.3f", a - b, a / b }'))"
+done
