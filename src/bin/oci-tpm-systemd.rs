@@ -12,6 +12,7 @@
 //!     oci-tpm-systemd allow UNIT DEVICE MAJOR MINOR
 //!     oci-tpm-systemd take-back OUTCOME      (the JSON `allow` answered)
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -73,14 +74,15 @@ fn take_back(args: &[String]) -> anyhow::Result<()> {
 
 /// Prints the answer as the hook reads it; whether that worked.
 fn answer<T: Serialize>(result: anyhow::Result<T>) -> bool {
-    match child::encode_answer(result) {
-        Ok(json) => {
-            println!("{}", String::from_utf8_lossy(&json));
-            true
-        }
-        Err(e) => {
-            eprintln!("oci-tpm-systemd: cannot encode the answer: {e}");
-            false
-        }
+    let written = child::encode_answer(result)
+        .map_err(std::io::Error::from)
+        .and_then(|json| {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&json)?;
+            out.flush()
+        });
+    if let Err(e) = &written {
+        eprintln!("oci-tpm-systemd: cannot give the answer: {e}");
     }
+    written.is_ok()
 }

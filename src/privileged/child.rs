@@ -35,13 +35,7 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> anyhow::Result<T>,
 {
-    fork_with_reply(timeout, |reply| match encode_answer(task()) {
-        Ok(bytes) => match nix::unistd::write(&reply, &bytes) {
-            Ok(_) => 0,
-            Err(_) => 2,
-        },
-        Err(_) => 3,
-    })
+    fork_with_reply(timeout, |reply| write_reply(&reply, task()))
 }
 
 /// Runs `program` with `args` in a forked child (on the host, with the
@@ -55,7 +49,7 @@ where
     fork_with_reply(timeout, |reply| {
         let out = match reply.try_clone() {
             Ok(fd) => Stdio::from(fd),
-            Err(e) => return write_reply::<()>(&reply, &Err(format!("dup: {e}"))),
+            Err(e) => return write_reply::<()>(&reply, Err(anyhow!("dup: {e}"))),
         };
         let error = Command::new(program)
             .args(args)
@@ -65,7 +59,7 @@ where
             .exec();
         write_reply::<()>(
             &reply,
-            &Err(format!("cannot run {}: {error}", program.display())),
+            Err(anyhow!("cannot run {}: {error}", program.display())),
         )
     })
 }
@@ -77,9 +71,9 @@ pub fn encode_answer<T: Serialize>(result: anyhow::Result<T>) -> serde_json::Res
     serde_json::to_vec(&reply)
 }
 
-/// The JSON of `reply` into the pipe; the child's exit code.
-fn write_reply<T: Serialize>(pipe: &OwnedFd, reply: &Result<T, String>) -> i32 {
-    match serde_json::to_vec(reply) {
+/// The answer into the pipe; the child's exit code.
+fn write_reply<T: Serialize>(pipe: &OwnedFd, result: anyhow::Result<T>) -> i32 {
+    match encode_answer(result) {
         Ok(bytes) => match nix::unistd::write(pipe, &bytes) {
             Ok(_) => 0,
             Err(_) => 2,
@@ -107,7 +101,7 @@ where
             drop(read_end);
             let code = match tie_to_parent(parent) {
                 Ok(()) => in_child(write_end),
-                Err(e) => write_reply::<()>(&write_end, &Err(format!("{e:#}"))),
+                Err(e) => write_reply::<()>(&write_end, Err(e)),
             };
             // SAFETY: _exit only ends the process; it skips destructors
             // and atexit handlers, which belong to the parent.
