@@ -250,7 +250,7 @@ stage_project_binaries() {
             cp "$REPO_DIR/target/release/examples/$b" "$RUN_DIR/bin/"
         fi
     done
-    [[ $found -eq 1 ]] && say "project binaries: $(ls "$RUN_DIR/bin" | paste -sd' ' -) (in the guest: /lab/bin)"
+    [[ $found -eq 1 ]] && say "project binaries: $(ls "$RUN_DIR/bin" | paste -sd' ' -) (in the guest: /lab/bin, run from a copy in /run/lab/bin)"
     stage_project_packages
     return 0
 }
