@@ -21,16 +21,17 @@ apply() {
 # pod_outcome NS POD SECONDS: "running" once its first container runs,
 # "refused: MESSAGES" once a warning event names oci-tpm-hook, "timeout".
 pod_outcome() {
-    local ns="$1" pod="$2" deadline started msg
-    deadline=$(( $(date +%s) + $3 ))
+    local ns="$1" pod="$2" deadline started msg try
+    deadline=$(( EPOCHSECONDS + $3 ))
     while :; do
+        try=$EPOCHREALTIME
         started=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}' 2>/dev/null || true)
         [[ -n "$started" ]] && { echo running; return 0; }
         msg=$(kubectl -n "$ns" get events --field-selector "involvedObject.name=$pod,type=Warning" \
             -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null | grep oci-tpm-hook || true)
         [[ -n "$msg" ]] && { echo "refused: $msg"; return 0; }
-        [[ $(date +%s) -ge $deadline ]] && { echo timeout; return 0; }
-        sleep 2
+        [[ $EPOCHSECONDS -ge $deadline ]] && { echo timeout; return 0; }
+        pause_after "$try"
     done
 }
 

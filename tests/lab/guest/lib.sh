@@ -16,6 +16,8 @@ LAB_PAUSE_IMAGE="localhost/pause:lab"        # containerd CRI sandbox image
 LAB_WAIT="${LAB_WAIT:-180}"                  # seconds any single wait may take
 LAB_LOG_DIR=/var/log/lab
 mkdir -p "$LAB_LOG_DIR" /run/lab
+# shellcheck source=tests/lab/guest/poll.sh
+source "$LAB_REPO/tests/lab/guest/poll.sh"
 # CRI-O and Kubernetes: configuration writers shared with the cluster fixture.
 # shellcheck source=tests/lab/guest/k8s.sh
 source "$LAB_REPO/tests/lab/guest/k8s.sh"
@@ -107,18 +109,20 @@ assert_fails() {
     printf 'ok: failed as expected (exit status %d)\n' "$rc"
 }
 
-# poll_until SECONDS CMD...: poll CMD every half second until it succeeds
-# (status 0) or SECONDS pass (status 1).
+# poll_until SECONDS CMD...: poll CMD until it succeeds (status 0) or
+# SECONDS pass (status 1), paced by pause_after (poll.sh).
 poll_until() {
-    local deadline=$(( $(date +%s) + $1 ))
+    local deadline=$(( EPOCHSECONDS + $1 )) try
     shift
-    until "$@" >/dev/null 2>&1; do
-        [[ $(date +%s) -ge $deadline ]] && return 1
-        sleep 0.5
+    while :; do
+        try=$EPOCHREALTIME
+        "$@" >/dev/null 2>&1 && return 0
+        [[ $EPOCHSECONDS -ge $deadline ]] && return 1
+        pause_after "$try"
     done
 }
 
-# wait_for SECONDS DESCRIPTION CMD...: poll CMD every half second until it
+# wait_for SECONDS DESCRIPTION CMD...: poll CMD (as poll_until) until it
 # succeeds; fail the scenario after SECONDS.
 wait_for() {
     local secs="$1" what="$2"
@@ -265,20 +269,22 @@ add_vtpm() {
 # wait_for_daemon NAME SECONDS CMD...: like wait_for, for a daemon started with
 # start_daemon; fails at once (with its log) if the daemon exits meanwhile.
 wait_for_daemon() {
-    local name="$1" secs="$2" deadline pid="" i
+    local name="$1" secs="$2" deadline pid="" i try
     shift 2
     for i in "${!LAB_DAEMON_NAMES[@]}"; do
         [[ "${LAB_DAEMON_NAMES[$i]}" == "$name" ]] && pid="${LAB_DAEMON_PIDS[$i]}"
     done
-    deadline=$(( $(date +%s) + secs ))
-    until "$@" >/dev/null 2>&1; do
+    deadline=$(( EPOCHSECONDS + secs ))
+    while :; do
+        try=$EPOCHREALTIME
+        "$@" >/dev/null 2>&1 && break
         if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
             fail "$name exited before it answered (log: $LAB_LOG_DIR/$name.log)"
         fi
-        if [[ $(date +%s) -ge $deadline ]]; then
+        if [[ $EPOCHSECONDS -ge $deadline ]]; then
             fail "timed out after ${secs}s waiting for $name to answer"
         fi
-        sleep 0.5
+        pause_after "$try"
     done
     note "$name answers"
 }

@@ -1,0 +1,18 @@
+# Pacing for the lab's polling loops, shared by scenarios (lib.sh sources
+# this file) and the cluster fixture. Sourced, not executed.
+# shellcheck shell=bash
+
+# pause_after START: sleep before the next try of a poll whose last try began
+# at START (a copy of $EPOCHREALTIME): half a second, or twice as long as that
+# try took when that is more, at most 10 s. The guest has one emulated CPU,
+# and one try of kubectl, crictl, podman or docker costs it a second or more:
+# polling every half second would take most of the CPU from the very thing
+# being waited for (a pod starting, the API server coming up).
+pause_after() {
+    local took_us pause_us
+    took_us=$(( ${EPOCHREALTIME/./} - ${1/./} ))
+    pause_us=$(( took_us * 2 ))
+    (( pause_us >= 500000 )) || pause_us=500000
+    (( pause_us <= 10000000 )) || pause_us=10000000
+    sleep "$(( pause_us / 1000000 )).$(printf '%06d' $(( pause_us % 1000000 )))"
+}
