@@ -3,7 +3,7 @@
 # and with runc can hand /dev/tpmrm0 to a non-root container user, a container
 # without the device has no TPM, and a bind mount without a device cgroup rule
 # is refused on open ("Operation not permitted").
-# lab: cost 60 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 45 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 

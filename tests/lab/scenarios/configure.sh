@@ -10,7 +10,7 @@
 #  - CRI-O 1.33: NRI on through a drop-in in crio.conf.d (the lab's main
 #    config has it off); the NRI plugin gives a pod the TPM.
 # lab: needs third-party
-# lab: cost 250 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 120 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -4,7 +4,7 @@
 # node and self-tests it from inside the container; then the container reads
 # the TPM's identity, draws random bytes, and signs and verifies a message
 # with a key that never leaves the TPM.
-# lab: cost 20 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 15 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -8,7 +8,7 @@
 #  - a bad annotation or a missing TPM fails `docker run` with the message shown;
 #  - the hook in the spec validates and self-tests, finding the device granted;
 #  - with "default-runtime": "tpm" the annotation alone suffices.
-# lab: cost 240 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 115 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -5,7 +5,7 @@
 # group gone, /dev/tpm0 held open, the TPM's driver unbound — and each is
 # reported with its fix (exit 1 for failures), and healthy again once mended.
 # lab: run-last 2 (after the other run-last ones: it unbinds and rebinds the guest's TPM driver)
-# lab: cost 30 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 15 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

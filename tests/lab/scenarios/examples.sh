@@ -3,7 +3,7 @@
 # it, with the lab's image: podman/run.sh, docker/run.sh, the compose service,
 # and an image built from the Dockerfile (its health check reports healthy).
 # (The Kubernetes examples are applied by the scenarios `kubernetes` and `kubernetes-crio`.)
-# lab: cost 160 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 125 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -6,7 +6,7 @@
 # a runtime whose timeout for the hook is shorter than the self-test's, the
 # policy file rewritten while containers start, bpf(2) refusing the device
 # program's attach, and a TPM that answers every command with an error.
-# lab: cost 400 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 250 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -2,7 +2,7 @@
 # no-request: with the hook installed, a container that asks for nothing gets
 # nothing: no node, no log entry, no change to its cgroup's device program;
 # and the hook called without a request returns at once.
-# lab: cost 40 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 25 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

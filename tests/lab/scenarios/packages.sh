@@ -9,7 +9,7 @@
 #  - docker, after `oci-tpm-hook configure docker`, uses the packaged runtime;
 #  - dpkg -r leaves nothing of it but its conffile, dpkg -P not even that;
 #  - the rpm (make rpm) read back with rpm -qlp and its scripts.
-# lab: cost 90 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 55 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -4,7 +4,7 @@
 # with cgroup v2 only; this scenario shadows /sys/fs/cgroup with a v1 layout
 # (devices and freezer hierarchies: controllers cgroup v2 does not own), runs
 # a runc bundle there, and restores the v2 view when it ends.
-# lab: cost 60 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 25 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -3,7 +3,7 @@
 # Its /dev is nodev, so the hook bind-mounts the host node; the node keeps
 # its host group, so the namespace must map that GID: without the mapping the
 # hook refuses with an explanation, with it the TPM works.
-# lab: cost 60 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 30 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
