@@ -8,19 +8,20 @@
 #     against what users write by hand instead (`--device /dev/tpmrm0
 #     --group-add <tss gid>`): interleaved, ratio of the medians;
 #   - the same for docker: `--runtime tpm` with the annotation (the wrapper)
-#     against runc with `--device` and `--group-add`, and the wrapper with
-#     nothing asked against plain runc;
+#     against runc with `--device` and `--group-add` (60 pairs, each pair's
+#     ratio too), and the wrapper with nothing asked against plain runc;
 #   - docker's runtime calls (create, start, delete) for an annotated
 #     container, through runc and through the wrapper, each call timed;
 #   - where the hook's delivery goes, phase by phase (medians from its log),
 #     from the runtime's fork of the hook (startup) to the self-test.
-# (60 podman and 120 docker runs, seconds each in the emulated guest:)
-# lab: timeout 2400
+# (60 podman and 200 docker runs, seconds each in the emulated guest:)
+# lab: timeout 3600
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
 
 RUNS=${BENCH_RUNS:-20}
+DOCKER_PAIRS=${BENCH_DOCKER_PAIRS:-60}
 require_binaries oci-tpm-hook oci-tpm-runtime
 install_hooks_dir >/dev/null
 # The docker wrapper puts the hook's packaged path into each spec: here,
@@ -94,16 +95,36 @@ SCRIPT
 done
 start_dockerd "{\"runtimes\":{\"tpm\":{\"path\":\"$LAB_BIN/oci-tpm-runtime\"},\"timed-runc\":{\"path\":\"/run/lab/timed-runtime/runc\"},\"timed-tpm\":{\"path\":\"/run/lab/timed-runtime/tpm\"}}}"
 load_image_docker
-for _ in $(seq "$RUNS"); do
+docker_tpm=(docker run --rm --network none --runtime tpm --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" true)
+docker_manual=(docker run --rm --network none --device /dev/tpmrm0 --group-add "$gid" "$LAB_IMAGE" true)
+# docker_pair N: the annotated run and the manual one, one after the other
+# (which goes first alternates with N), and the pair's ratio.
+docker_pair() {
+    if (( $1 % 2 )); then
+        timed /run/lab/bench-docker-manual "${docker_manual[@]}"
+        timed /run/lab/bench-docker-tpm "${docker_tpm[@]}"
+    else
+        timed /run/lab/bench-docker-tpm "${docker_tpm[@]}"
+        timed /run/lab/bench-docker-manual "${docker_manual[@]}"
+    fi
+    awk -v a="$(tail -n1 /run/lab/bench-docker-tpm)" -v b="$(tail -n1 /run/lab/bench-docker-manual)" \
+        'BEGIN { printf "%.4f\n", a / b }' >>/run/lab/bench-docker-pair
+}
+for i in $(seq "$RUNS"); do
     timed /run/lab/bench-docker-plain docker run --rm --network none "$LAB_IMAGE" true
-    timed /run/lab/bench-docker-tpm docker run --rm --network none --runtime tpm --annotation oci-tpm-hook/device=tpmrm0 "$LAB_IMAGE" true
-    timed /run/lab/bench-docker-manual docker run --rm --network none --device /dev/tpmrm0 --group-add "$gid" "$LAB_IMAGE" true
+    docker_pair "$i"
     # The wrapper with nothing asked: what the runtime registration costs by itself.
     timed /run/lab/bench-docker-wrapper docker run --rm --network none --runtime tpm "$LAB_IMAGE" true
 done
-echo "BENCH docker run true: median $(median </run/lab/bench-docker-plain) ms without a TPM, $(median </run/lab/bench-docker-tpm) ms with the wrapper and the annotation, $(median </run/lab/bench-docker-manual) ms with --device --group-add ($RUNS interleaved runs each)"
-echo "BENCH docker annotated / manual: $(ratio /run/lab/bench-docker-tpm /run/lab/bench-docker-manual) (ratio of medians)"
-echo "BENCH docker run true through the wrapper, nothing asked: median $(median </run/lab/bench-docker-wrapper) ms; / plain runc: $(ratio /run/lab/bench-docker-wrapper /run/lab/bench-docker-plain)"
+# A whole `docker run` here takes 6 to 12 s from one run to the next, more
+# than the wrapper adds: the annotated and manual runs get more pairs.
+for i in $(seq $(( RUNS + 1 )) "$DOCKER_PAIRS"); do
+    docker_pair "$i"
+done
+quartiles() { sort -n | awk '{a[NR]=$1} END {printf "%.2f–%.2f", a[int((NR+3)/4)], a[int((3*NR+3)/4)]}'; }
+echo "BENCH docker run true: median $(median </run/lab/bench-docker-plain) ms without a TPM, $(median </run/lab/bench-docker-wrapper) ms through the wrapper with nothing asked ($RUNS interleaved runs each); / plain runc: $(ratio /run/lab/bench-docker-wrapper /run/lab/bench-docker-plain)"
+echo "BENCH docker run true: median $(median </run/lab/bench-docker-tpm) ms with the wrapper and the annotation, $(median </run/lab/bench-docker-manual) ms with --device --group-add ($(wc -l </run/lab/bench-docker-pair) interleaved pairs)"
+echo "BENCH docker annotated / manual: $(ratio /run/lab/bench-docker-tpm /run/lab/bench-docker-manual) (ratio of medians); each pair's ratio: median $(median </run/lab/bench-docker-pair | awk '{printf "%.2f", $1}'), quartiles $(quartiles </run/lab/bench-docker-pair)"
 
 # The same annotated container through runc (which ignores the annotation)
 # and through the wrapper (which grants the TPM), both behind the timing
