@@ -9,7 +9,7 @@
 #    refuses user 1000 with the fix; with [node] access = "process-gid" the
 #    node's group is the process's own and it works;
 #  - the packaged udev rule rewrites the spec on a TPM's add event.
-# lab: cost 115 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 65 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

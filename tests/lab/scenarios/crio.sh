@@ -9,7 +9,7 @@
 # plugin, the hooks file removed: the same pod gets its TPM through NRI.
 # lab: needs third-party
 # lab: timeout 1800
-# lab: cost 215 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 190 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

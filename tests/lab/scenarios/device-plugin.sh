@@ -26,7 +26,7 @@
 #    its swtpm ended (the device gone), Unhealthy again;
 # lab: needs cluster
 # lab: timeout 2400
-# lab: cost 610 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 860 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 

@@ -4,7 +4,7 @@
 # image and pass /dev/tpmrm0 with --device; a second TPM from the vTPM proxy
 # works in a podman container; a hooks dir is installed with the paths of the
 # project's binaries.
-# lab: cost 75 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 60 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 

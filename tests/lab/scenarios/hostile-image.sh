@@ -6,7 +6,7 @@
 # Part 1 calls the hook directly on bundles whose rootfs is used as is (no
 # /dev tmpfs on top), so the planted files are what the hook meets. Part 2
 # runs such images through podman end to end.
-# lab: cost 190 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 80 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

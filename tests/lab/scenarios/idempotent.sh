@@ -2,7 +2,7 @@
 # idempotent: the hook run twice, and the hook meeting a device that is
 # already in the spec (as `--device` or the spec-editing front-ends put it),
 # end in the same correct state: one working node, one rule.
-# lab: cost 50 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 30 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -7,7 +7,7 @@
 # /etc/oci-tpm-hook/config.toml (only namespace tpm-demo may ask).
 # lab: needs cluster-crio
 # lab: timeout 3000
-# lab: cost 260 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 330 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/k8s-workloads.sh"

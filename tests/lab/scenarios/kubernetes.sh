@@ -18,7 +18,7 @@
 # minutes.
 # lab: needs cluster
 # lab: timeout 3000
-# lab: cost 305 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 355 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/k8s-workloads.sh"

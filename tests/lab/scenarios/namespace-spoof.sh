@@ -20,7 +20,7 @@
 # engine's own key is always among them) and none is empty.
 # lab: needs third-party
 # lab: timeout 1800
-# lab: cost 160 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 180 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -14,7 +14,7 @@
 #     (/opt/nri/plugins/10-oci-tpm-hook) works too.
 #  5. No plugin at all: a pod asking for a TPM does not start without one
 #     (the hook alone delivers it or fails the container).
-# lab: cost 205 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 160 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 

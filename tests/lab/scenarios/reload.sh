@@ -20,7 +20,7 @@
 # The guest does not boot systemd, so one runs here as PID 1 of its own PID,
 # mount and cgroup namespaces (as in a system container), with its D-Bus
 # system bus; podman and the runtimes run inside those namespaces.
-# lab: cost 280 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 130 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"

@@ -13,7 +13,7 @@
 #      host's number works;
 # then with the policy's [node] access = "process-gid", (c) and (d) work
 # without any extra group: the node gets the process's own GID.
-# lab: cost 340 (seconds, usual with two guests side by side; to split the scenarios between them)
+# lab: cost 275 (seconds, usual with two guests side by side; to split the scenarios between them)
 set -euo pipefail
 source "$LAB_LIB"
 source "$LAB_REPO/tests/lab/guest/hook.sh"
