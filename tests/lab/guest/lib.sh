@@ -111,16 +111,7 @@ assert_fails() {
 
 # poll_until SECONDS CMD...: poll CMD until it succeeds (status 0) or
 # SECONDS pass (status 1), paced by pause_after (poll.sh).
-poll_until() {
-    local deadline=$(( EPOCHSECONDS + $1 )) try
-    shift
-    while :; do
-        try=$EPOCHREALTIME
-        "$@" >/dev/null 2>&1 && return 0
-        [[ $EPOCHSECONDS -ge $deadline ]] && return 1
-        pause_after "$try"
-    done
-}
+poll_until() { poll "$1" true "${@:2}"; }
 
 # wait_for SECONDS DESCRIPTION CMD...: poll CMD (as poll_until) until it
 # succeeds; fail the scenario after SECONDS.
@@ -269,23 +260,14 @@ add_vtpm() {
 # wait_for_daemon NAME SECONDS CMD...: like wait_for, for a daemon started with
 # start_daemon; fails at once (with its log) if the daemon exits meanwhile.
 wait_for_daemon() {
-    local name="$1" secs="$2" deadline pid="" i try
+    local name="$1" secs="$2" alive=true i rc=0
     shift 2
     for i in "${!LAB_DAEMON_NAMES[@]}"; do
-        [[ "${LAB_DAEMON_NAMES[$i]}" == "$name" ]] && pid="${LAB_DAEMON_PIDS[$i]}"
+        [[ "${LAB_DAEMON_NAMES[$i]}" == "$name" ]] && alive="kill -0 ${LAB_DAEMON_PIDS[$i]}"
     done
-    deadline=$(( EPOCHSECONDS + secs ))
-    while :; do
-        try=$EPOCHREALTIME
-        "$@" >/dev/null 2>&1 && break
-        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-            fail "$name exited before it answered (log: $LAB_LOG_DIR/$name.log)"
-        fi
-        if [[ $EPOCHSECONDS -ge $deadline ]]; then
-            fail "timed out after ${secs}s waiting for $name to answer"
-        fi
-        pause_after "$try"
-    done
+    poll "$secs" "$alive" "$@" || rc=$?
+    [[ $rc -ne 2 ]] || fail "$name exited before it answered (log: $LAB_LOG_DIR/$name.log)"
+    [[ $rc -ne 1 ]] || fail "timed out after ${secs}s waiting for $name to answer"
     note "$name answers"
 }
 

@@ -1,4 +1,4 @@
-# Pacing for the lab's polling loops, shared by scenarios (lib.sh sources
+# The lab's polling loop and its pacing, shared by scenarios (lib.sh sources
 # this file) and the cluster fixture. Sourced, not executed.
 # shellcheck shell=bash
 
@@ -15,4 +15,21 @@ pause_after() {
     (( pause_us >= 500000 )) || pause_us=500000
     (( pause_us <= 10000000 )) || pause_us=10000000
     sleep "$(( pause_us / 1000000 )).$(printf '%06d' $(( pause_us % 1000000 )))"
+}
+
+# poll SECONDS ALIVE CMD...: try CMD until it succeeds (status 0), paced by
+# pause_after. Status 1 once SECONDS have passed; status 2 as soon as the
+# command line ALIVE (split on spaces: "kill -0 PID", a function and its
+# argument, or "true") fails after a try, that is, what CMD waits for has gone.
+poll() {
+    local deadline=$(( EPOCHSECONDS + $1 )) alive="$2" try
+    shift 2
+    while :; do
+        try=$EPOCHREALTIME
+        "$@" >/dev/null 2>&1 && return 0
+        # shellcheck disable=SC2086 # ALIVE is a command line
+        $alive >/dev/null 2>&1 || return 2
+        [[ $EPOCHSECONDS -ge $deadline ]] && return 1
+        pause_after "$try"
+    done
 }
